@@ -85,6 +85,12 @@ class GroupedExperts(nn.Module):
         return fn(x, r.indices, r.weights, self.gate_up_proj, self.down_proj)
 
 
+def expert_counts(flat: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Tokens per expert (E,) int64. Unlike bincount, the output shape never depends on the data,
+    so no device->host sync and the step stays CUDA-graph capturable."""
+    return torch.zeros(n_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+
+
 def _swiglu(h: torch.Tensor) -> torch.Tensor:
     g, u = h.chunk(2, dim=-1)
     return F.silu(g) * u
@@ -95,7 +101,7 @@ def experts_grouped(x, idx, w, w13, w2):
     T, K = idx.shape
     flat = idx.reshape(-1)  # (T*K,)
     order = flat.argsort(stable=True)
-    counts = torch.bincount(flat, minlength=w13.shape[0])
+    counts = expert_counts(flat, w13.shape[0])
     offs = counts.cumsum(0).to(torch.int32)  # group end offsets
     xs = x[order // K]  # (T*K, d) rows grouped by expert
     h = _grouped_mm(xs, w13.transpose(1, 2), offs=offs)  # (T*K, 2I)
@@ -110,7 +116,7 @@ def experts_grouped(x, idx, w, w13, w2):
 def experts_loop(x, idx, w, w13, w2):
     """Reference: one dense SwiGLU per expert over the tokens routed to it."""
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-    counts = torch.bincount(idx.reshape(-1), minlength=w13.shape[0])
+    counts = expert_counts(idx.reshape(-1), w13.shape[0])
     for e in range(w13.shape[0]):
         tok, slot = torch.where(idx == e)
         if tok.numel() == 0:
