@@ -15,18 +15,31 @@ def _model(dtype):
 
 
 def test_cuda_fast_paths_match_reference_bf16():
-    m = _model(torch.bfloat16)
-    ids = torch.randint(0, 2048, (2, 128), device="cuda")
-    doc = (torch.arange(128, device="cuda") >= 50).long()[None].repeat(2, 1)
+    """Per component: whole-model bf16 logits can legitimately differ when near-tied top-k
+    routing choices flip (ARCHITECTURE.md §10.9), so experts and attention are compared alone."""
+    from nanoseek.model.attention import attention_ref, attention_sdpa, document_causal_mask
+    from nanoseek.model.moe import experts_grouped, experts_loop
+
+    torch.manual_seed(0)
+    T, E, K, d, I = 512, 16, 4, 256, 128
+    x = torch.randn(T, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    idx = torch.rand(T, E, device="cuda").topk(K, -1).indices
+    w = torch.rand(T, K, device="cuda")
+    w13 = (torch.randn(E, 2 * I, d, device="cuda") / d ** 0.5).bfloat16().requires_grad_()
+    w2 = (torch.randn(E, d, I, device="cuda") / I ** 0.5).bfloat16().requires_grad_()
     res = []
-    for impl in (("sdpa", "grouped"), ("eager", "loop")):
-        m.set_impl(*impl)
-        m.zero_grad()
-        out = m(ids, doc_ids=doc)
-        out.logits.float().pow(2).mean().backward()
-        res.append((out.logits.float(), m.lm_head.weight.grad.float().clone(), m.moe_layers()[0].experts.gate_up_proj.grad.float().clone()))
+    for fn in (experts_grouped, experts_loop):
+        y, _ = fn(x, idx, w, w13, w2)
+        gx, g13 = torch.autograd.grad(y.float().pow(2).sum(), (x, w13))
+        res.append((y.float(), gx.float(), g13.float()))
     for a, b in zip(*res):
-        assert ((a - b).norm() / b.norm()).item() < 2e-2
+        assert ((a - b).norm() / b.norm()).item() < 1e-2
+    q, k = (torch.randn(2, 4, 128, 192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    v = torch.randn(2, 4, 128, 128, device="cuda", dtype=torch.bfloat16)
+    doc = (torch.arange(128, device="cuda") >= 50).long()[None].repeat(2, 1)
+    for mask in (None, document_causal_mask(doc)):
+        a, b = attention_sdpa(q, k, v, mask, 0.1).float(), attention_ref(q, k, v, mask, 0.1).float()
+        assert ((a - b).norm() / b.norm()).item() < 1e-2
 
 
 def test_cuda_generate_matches_full_forward_fp32():
