@@ -14,6 +14,7 @@ from torch import nn
 from .attention import document_causal_mask, padded_causal_mask
 from .block import DecoderLayer
 from .config import ModelConfig
+from .flex import document_block_mask, flex_available
 from .moe import GroupedExperts, Gate, MoE
 from .mtp import MTPModule
 from .norm import RMSNorm
@@ -45,6 +46,7 @@ class DeepSeekV3(nn.Module):
         self.model = Backbone(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.mtp = nn.ModuleList(MTPModule(cfg, cfg.num_hidden_layers + k) for k in range(cfg.num_nextn_predict_layers))
+        self.use_flex = True  # packed (doc_ids) batches use FlexAttention on GPU; False = dense mask + SDPA
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.reset_parameters()
@@ -95,6 +97,8 @@ class DeepSeekV3(nn.Module):
 
     def _mask(self, doc_ids, attention_mask, S):
         if doc_ids is not None:
+            if self.use_flex and flex_available(doc_ids.device):
+                return document_block_mask(doc_ids)  # FlexAttention BlockMask (GPU)
             return document_causal_mask(doc_ids)
         if attention_mask is not None:
             return padded_causal_mask(attention_mask.bool(), S)
@@ -109,7 +113,7 @@ class DeepSeekV3(nn.Module):
         for k, module in enumerate(self.mtp, start=1):
             L = S0 - k
             cos, sin = self.model.rotary(position_ids[:, :L])  # original positions, not shifted
-            mask = document_causal_mask(doc_ids[:, :L]) if doc_ids is not None else None
+            mask = self._mask(doc_ids[:, :L], None, L) if doc_ids is not None else None
             h = module(h[:, :L], self.model.embed_tokens(input_ids[:, k: k + L]), cos, sin, mask)
             outs.append(h)
         return outs
