@@ -31,22 +31,16 @@ def docs_mix(n: int, vocab: int, median: int, seed: int = 0) -> list[np.ndarray]
     return [rng.integers(3, vocab, size=L, dtype=np.int64) for L in lens]
 
 
-def flops_per_token(cfg: ModelConfig, seq: int) -> float | None:
-    try:
-        from nanoseek.cost import training_flops_per_token
+def flops_per_token(cfg: ModelConfig, seq: int) -> float:
+    from nanoseek.cost import flops_per_token as fpt
 
-        return training_flops_per_token(cfg, seq)
-    except ImportError:
-        return None
+    return fpt(cfg, seq, mtp=cfg.num_nextn_predict_layers > 0).total
 
 
 def peak() -> float | None:
-    try:
-        from nanoseek.cost import device_peak_flops
+    from nanoseek.cost import current, peak_flops
 
-        return device_peak_flops(torch.device("cuda"), "bf16")
-    except ImportError:
-        return None
+    return peak_flops(current(), "bf16")
 
 
 def time_trainer(model, loader, steps: int, warmup: int, compile_: bool = False, tmp="/tmp/bench_run") -> dict:

@@ -79,13 +79,12 @@ def make_eval_fn(cfg: PretrainConfig, data_dir: Path, tok: Tokenizer, device: to
 
 
 def mfu_info(model_cfg: ModelConfig, seq_len: int, device: torch.device, precision: str) -> MFUInfo:
-    try:
-        from ..cost import device_peak_flops, training_flops_per_token
-    except ImportError:
-        return MFUInfo(None, None)
-    dtype = "fp8" if precision == "fp8" else "bf16"
-    peak = device_peak_flops(device, dtype) if device.type == "cuda" else None
-    return MFUInfo(training_flops_per_token(model_cfg, seq_len), peak)
+    """Training FLOPs/token (attention at seq_len, active experts, MTP) and the GPU's dense peak;
+    an unknown GPU or a CPU gets no peak, so no MFU is reported rather than a guess."""
+    from ..cost import current, flops_per_token, peak_flops
+
+    peak = peak_flops(current(), "fp8" if precision == "fp8" else "bf16") if device.type == "cuda" else None
+    return MFUInfo(flops_per_token(model_cfg, seq_len, mtp=model_cfg.num_nextn_predict_layers > 0).total, peak)
 
 
 def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
