@@ -132,3 +132,20 @@ def test_save_is_atomic_and_replaces(tmp_path):
     m.save_pretrained(out)
     m.save_pretrained(out)  # overwrite in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temp or old dirs left
+
+
+def test_fp8_export_round_trip(tmp_path):
+    torch.manual_seed(0)
+    m = DeepSeekV3(ModelConfig.preset("tiny"))
+    m.save_pretrained(tmp_path / "e", fp8=True)
+    cfg = json.loads((tmp_path / "e" / "config.json").read_text())
+    assert cfg["quantization_config"]["weight_block_size"] == [128, 128]
+    sd = load_file(str(tmp_path / "e" / "model.safetensors"))
+    assert sd["model.layers.0.self_attn.kv_b_proj.weight"].dtype == torch.float8_e4m3fn
+    assert sd["model.layers.1.mlp.experts.0.gate_proj.weight_scale_inv"].dtype == torch.float32
+    assert sd["model.layers.1.mlp.gate.weight"].dtype == torch.bfloat16  # router stays high precision
+    assert sd["lm_head.weight"].dtype == torch.bfloat16
+    m2 = from_pretrained(tmp_path / "e", dtype=torch.float32)
+    ids = torch.randint(0, 2048, (1, 16))
+    with torch.no_grad():
+        assert rel_err(m2(ids).logits, m(ids).logits) < 0.1

@@ -200,13 +200,40 @@ def from_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
     return model
 
 
+def fp8_eligible(name: str, t: torch.Tensor) -> bool:
+    """DeepSeek's FP8 checkpoints quantize every attention / MLP / expert Linear weight; embeddings,
+    lm_head, norms, the router and MTP's eh_proj / shared head stay BF16 (ARCHITECTURE.md §7)."""
+    return (t.dim() == 2 and name.endswith("proj.weight") and ".eh_proj." not in name
+            and name.startswith("model.layers."))
+
+
+def quantize_state_dict_fp8(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """-> float8_e4m3fn weights + fp32 `weight_scale_inv` per 128×128 block (DeepSeek's format)."""
+    from ..fp8.quant import quantize_weight_128x128
+
+    out = {}
+    for k, v in sd.items():
+        if fp8_eligible(k, v):
+            q, s = quantize_weight_128x128(v.float())
+            out[k], out[k + "_scale_inv"] = q, s.float()
+        else:
+            out[k] = v
+    return out
+
+
 def save_pretrained(model, path: str | Path, max_shard_bytes: int = 5 * 2**30, dtype: torch.dtype | None = None,
-                    mtp_duplicates: bool = True) -> Path:
-    """Write config.json + safetensors shards (+ index) atomically: a temp dir, then rename."""
+                    mtp_duplicates: bool = True, fp8: bool = False) -> Path:
+    """Write config.json + safetensors shards (+ index) atomically: a temp dir, then rename.
+
+    fp8=True exports DeepSeek's FP8 checkpoint format (block-quantized weights + weight_scale_inv and
+    a `quantization_config`), which `from_pretrained` dequantizes on load."""
     cfg, path = model.config, Path(path)
     sd = to_hf_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()}, cfg, mtp_duplicates)
-    if dtype is not None:
-        sd = {k: (v if k.endswith("e_score_correction_bias") else v.to(dtype)) for k, v in sd.items()}
+    if dtype is not None or fp8:
+        dt = dtype or torch.bfloat16
+        sd = {k: (v if k.endswith("e_score_correction_bias") else v.to(dt)) for k, v in sd.items()}
+    if fp8:
+        sd = quantize_state_dict_fp8(sd)
     shards, cur, size = [], {}, 0
     for k, v in sd.items():
         nbytes = v.numel() * v.element_size()
@@ -219,7 +246,10 @@ def save_pretrained(model, path: str | Path, max_shard_bytes: int = 5 * 2**30, d
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         hf_cfg = cfg.to_hf()
-        hf_cfg["torch_dtype"] = str(next(iter(sd.values())).dtype).replace("torch.", "")
+        hf_cfg["torch_dtype"] = str(sd["lm_head.weight"].dtype).replace("torch.", "")
+        if fp8:
+            hf_cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                             "weight_block_size": [128, 128]}
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2))
         if len(shards) == 1:
             save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": "pt"})
