@@ -5,7 +5,7 @@ import torch
 
 from hf_util import hf_model
 from nanoseek.model import DeepSeekV3, ModelConfig
-from nanoseek.model.generate import LatentCache, sample_next
+from nanoseek.model.generate import ALIVE_CHECK_EVERY, Decoder, LatentCache, left_pad, sample_next
 from nanoseek.model.hf import load_into
 
 
@@ -50,6 +50,59 @@ def test_cached_decode_matches_transformers_cache():
         ref = hf.generate(torch.tensor(prompt), max_new_tokens=12, do_sample=False, use_cache=True,
                           pad_token_id=0, eos_token_id=None)[0, 6:].tolist()
     assert ours.generate(prompt, max_new_tokens=12)[0] == ref
+
+
+def dynamic_cache_greedy(m, prompts, n):
+    """The decode loop before static shapes: the cache prefix grows, host offsets, a per-step
+    padded mask. -> (tokens per row, logits (B,V) of each decode step)."""
+    ids, valid = left_pad(prompts, 0, "cpu")
+    B, P = ids.shape
+    cache = LatentCache(m.config, B, P + n, "cpu", torch.float32)
+    key_valid = torch.ones(B, P + n, dtype=torch.bool)
+    key_valid[:, :P] = valid
+    pos = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = m(ids, position_ids=pos, attention_mask=valid, cache=cache, start=0).logits[:, -1]
+        toks, steps = [], []
+        for t in range(n):
+            toks.append(logits.argmax(-1))
+            logits = m(toks[-1][:, None], position_ids=pos[:, -1:] + t + 1, attention_mask=key_valid[:, : P + t + 1],
+                       cache=cache, start=P + t).logits[:, 0]
+            steps.append(logits)
+    return torch.stack(toks, 1).tolist(), steps
+
+
+def test_static_decode_step_matches_dynamic_cache(model):
+    """The static-shape step (what a CUDA graph captures) run eagerly: whole buffer + key mask,
+    device write index. Same logits per step and same tokens as the growing-prefix decode."""
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [12]]
+    ref, ref_steps = dynamic_cache_greedy(model, prompts, 12)
+    assert model.generate(prompts, max_new_tokens=12, cuda_graph=False) == ref
+    ids, valid = left_pad(prompts, 0, "cpu")
+    pos = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    dec = Decoder(model, 3, 64, "cpu", torch.float32)
+    with torch.no_grad():
+        logits = dec.prefill(model, ids, pos, valid, padded=True)
+        for t, want in enumerate(ref_steps):
+            logits = dec.step(model, torch.tensor(ref)[:, t])
+            torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-5)
+    assert dec.cache.static and int(dec.cache.write_pos) == 7 + 12
+    assert dec.cache.key_mask.sum(-1).tolist() == [7 + 12, 2 + 12, 1 + 12]  # padding and unwritten slots stay masked
+
+
+def test_stop_tokens_trim_with_batched_alive_check(model):
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    free = model.generate(prompts, max_new_tokens=40)
+    stop = free[0][3]
+    seen = []
+    got = model.generate(prompts, max_new_tokens=40, stop_tokens=(stop,), on_token=lambda n, a: seen.append((n.clone(), a.clone())))
+    assert got == [f[: f.index(stop)] if stop in f else f for f in free]
+    k = free[0].index(stop)
+    assert all(int(n[0]) == 0 and not bool(a[0]) for n, a in seen[k + 1:])  # a stopped row gets pad_id
+    # every row stops within the first ALIVE_CHECK_EVERY steps: the loop ends at the first check
+    seen.clear()
+    got = model.generate([[5, 6, 7]] * 2, max_new_tokens=40, stop_tokens=(stop,), on_token=lambda n, a: seen.append(n))
+    assert got == [free[0][:k]] * 2 and len(seen) == ALIVE_CHECK_EVERY
 
 
 def test_stop_tokens_and_max_new_tokens(model):

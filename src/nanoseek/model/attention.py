@@ -8,7 +8,9 @@ Two ways to compute the same attention:
   then `F.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU) or the eager
   reference `attention_ref`;
 - absorbed (decode): fold W_UK into the query and W_UV into the output so scores and outputs are
-  taken directly against the cached latent c_kv (dc) and the shared rope key k_pe (dr).
+  taken directly against the cached latent c_kv (dc) and the shared rope key k_pe (dr): one SDPA
+  call with a single shared KV head of dim dc+dr (MQA). The generation step runs it with static
+  shapes (whole cache buffer + key mask) so it can be captured in a CUDA graph (model/generate.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ def attention_sdpa(q, k, v, mask, scale):
     """Fast path: SDPA picks flash / cuDNN / memory-efficient kernels. qk dim may differ from v dim."""
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[-2] == k.shape[-2], scale=scale)
+    if not isinstance(mask, torch.Tensor):  # a FlexAttention BlockMask (packed documents on GPU)
+        from .flex import flex_attention
+
+        return flex_attention(q, k, v, mask, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
@@ -97,13 +103,22 @@ class MLA(nn.Module):
 
     # ---- attention ---------------------------------------------------------------------
     def forward(self, x, cos, sin, mask=None, cache=None, start: int = 0):
-        """x (B,S,d); mask (B,1,S,T) bool or None (plain causal); cache: LatentCache or None."""
+        """x (B,S,d); mask (B,1,S,T) bool or None (plain causal); cache: LatentCache or None.
+
+        With a cache, one token per row (S == 1) takes the absorbed path. In the cache's static
+        mode (`cache.static`, the CUDA-graph decode step) the token is written at the device index
+        `cache.write_pos` and attends over the whole buffer under `cache.key_mask` (B,max_len).
+        """
         q_nope, q_pe = self.query(x, cos, sin)
         c_kv, k_pe = self.latent(x, cos, sin)
-        if cache is not None:
-            c_kv, k_pe = cache.update(self.layer_idx, c_kv, k_pe, start)  # (B,T,dc), (B,T,dr)
-            if x.shape[1] == 1:
-                return self.o_proj(self.absorbed(q_nope, q_pe, c_kv, k_pe, mask))
+        if cache is None:
+            return self.o_proj(self.naive(q_nope, q_pe, c_kv, k_pe, mask))
+        kv = cache.update(self.layer_idx, c_kv, k_pe, start)  # (B,T,dc+dr) = [c_kv | k_pe]
+        if x.shape[1] == 1:
+            if cache.static:
+                mask = cache.key_mask[:, None, None]  # (B,1,1,max_len): written, non-padding keys
+            return self.o_proj(self.absorbed(q_nope, q_pe, kv, mask))
+        c_kv, k_pe = kv.split([self.dc, self.dr], dim=-1)
         return self.o_proj(self.naive(q_nope, q_pe, c_kv, k_pe, mask))
 
     def naive(self, q_nope, q_pe, c_kv, k_pe, mask):
@@ -117,19 +132,22 @@ class MLA(nn.Module):
         o = attn(q, k, v.transpose(1, 2), mask, self.scale)  # (B,H,S,dv)
         return o.transpose(1, 2).reshape(B, S, H * self.dv)
 
-    def absorbed(self, q_nope, q_pe, c_kv, k_pe, mask):
-        """Attend against the latent cache directly (ARCHITECTURE.md §3.3).
+    def absorbed(self, q_nope, q_pe, kv, mask):
+        """Attend against the latent cache directly (ARCHITECTURE.md §3.3). Returns (B,S,H*dv).
 
-        q̃ = W_UKᵀ q_nope (B,S,H,dc); score = (q̃·c_kv + q_pe·k_pe)·scale, the same scale as naive;
-        out = W_UV (P c_kv). Never materialises per-head keys or values.
+        kv (B,T,dc+dr) = [c_kv | k_pe]; mask (B,1,S,T) / (B,1,1,T) bool or None (all keys).
+        q̃ = W_UKᵀ q_nope (B,S,H,dc); score = [q̃ | q_pe]·[c_kv | k_pe]·scale (the naive path's
+        scale); out = W_UV (P c_kv). As SDPA this is one-KV-head attention (MQA) with the S·H
+        (token, head) pairs as query rows, qk dim dc+dr and value = the c_kv part of the same
+        buffer: no per-head K/V, no copy or fp32 upcast of the cache (SDPA keeps an fp32 softmax).
         """
         B, S, H, _ = q_nope.shape
+        T = kv.shape[1]
         w = self._w_kvb()
         q_abs = torch.einsum("bshd,hdc->bshc", q_nope, w[:, : self.dn])
-        scores = (torch.einsum("bshc,btc->bhst", q_abs.float(), c_kv.float())
-                  + torch.einsum("bshr,btr->bhst", q_pe.float(), k_pe.float())) * self.scale
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        o_lat = torch.einsum("bhst,btc->bshc", scores.softmax(-1), c_kv.float()).to(q_nope.dtype)
-        o = torch.einsum("bshc,hdc->bshd", o_lat, w[:, self.dn:])  # (B,S,H,dv)
+        q = torch.cat([q_abs, q_pe], dim=-1).reshape(B, 1, S * H, self.dc + self.dr)
+        if mask is not None:  # (B,1,S|1,T) -> (B,1,S*H,T), a view when S == 1
+            mask = mask[:, :, :, None].expand(B, 1, S, H, T).reshape(B, 1, S * H, T)
+        o_lat = F.scaled_dot_product_attention(q, kv[:, None], kv[:, None, :, : self.dc], attn_mask=mask, scale=self.scale)
+        o = torch.einsum("bshc,hdc->bshd", o_lat.view(B, S, H, self.dc), w[:, self.dn:])  # (B,S,H,dv)
         return o.reshape(B, S, H * self.dv)
