@@ -38,11 +38,11 @@ def build(cfg: ModelConfig, device):
 def hf_twin(ours: DeepSeekV3, experts_impl: str):
     from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
-    hf_cfg = DeepseekV3Config(**ours.config.to_hf())
+    hf_cfg = DeepseekV3Config(**ours.config.replace(num_nextn_predict_layers=0).to_hf())
     hf_cfg._experts_implementation = experts_impl
     with torch.device("meta"):
         hf = DeepseekV3ForCausalLM._from_config(hf_cfg, attn_implementation="sdpa", dtype=torch.bfloat16)
-    hf.load_state_dict({k: v for k, v in ours.state_dict().items()}, strict=True, assign=True)
+    hf.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("mtp.")}, strict=True, assign=True)
     hf.model.rotary_emb.inv_freq = ours.model.rotary.inv_freq.clone()
     hf.model.rotary_emb.original_inv_freq = hf.model.rotary_emb.inv_freq
     return hf.to(ours.lm_head.weight.device)

@@ -99,8 +99,8 @@ def test_fp8_linear_cuda_vs_cpu_emulation(backend):
     for dev, be in (("cuda", backend), ("cpu", "emulate")):
         prev = set_fp8_backend(be)
         try:
-            xi = x.to(dev).requires_grad_()
-            wi = w.to(dev).requires_grad_()
+            xi = x.detach().to(dev).requires_grad_()  # fresh leaves per device
+            wi = w.detach().to(dev).requires_grad_()
             y = FP8LinearFn.apply(xi, wi, None, False)
             y.backward(dy.to(dev))
             grads.append((y, xi.grad, wi.grad))

@@ -82,7 +82,13 @@ class GroupedExperts(nn.Module):
     def forward(self, x: torch.Tensor, r: RouterOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """x (T, d) -> (out (T, d), tokens per expert (E,) int64)."""
         fn = experts_grouped if self.impl == "grouped" and _grouped_mm is not None else experts_loop
-        return fn(x, r.indices, r.weights, self.gate_up_proj, self.down_proj)
+        w13, w2 = self.gate_up_proj, self.down_proj
+        if torch.is_autocast_enabled(x.device.type):
+            # autocast does not cover grouped_mm: cast like it casts F.linear, else the expert GEMMs
+            # run in fp32 (on CUDA a slow non-grouped fallback)
+            dt = torch.get_autocast_dtype(x.device.type)
+            x, w13, w2 = x.to(dt), w13.to(dt), w2.to(dt)
+        return fn(x, r.indices, r.weights, w13, w2)
 
 
 def expert_counts(flat: torch.Tensor, n_experts: int) -> torch.Tensor:
