@@ -1,0 +1,29 @@
+"""`nanoseek report` renders from a fixture run directory's structured files."""
+
+import json
+import shutil
+
+from nanoseek.report import render_report
+
+
+def test_report_from_fixture(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree("tests/fixtures/run_pretrain", run)
+    md = render_report(run).read_text()
+    assert "| pretrain | 100 |" in md  # stage from cost.json, steps from metrics.jsonl
+    assert "9.053 →" in md and "val" in md
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    assert summary[0]["tokens"] == 614400 and summary[0]["val_loss"] is not None
+    pngs = sorted(p.name for p in (run / "report").glob("*.png"))
+    assert "pretrain_loss.png" in pngs and "pretrain_expert_load.png" in pngs
+
+
+def test_report_over_pipeline_stages(tmp_path):
+    for stage in ("sft", "grpo"):
+        d = tmp_path / "pipe" / stage
+        d.mkdir(parents=True)
+        rows = [{"step": i, "train/loss": 2.0 - 0.1 * i, "reward": 0.1 * i, "accuracy": 0.05 * i} for i in range(1, 6)]
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        (d / "cost.json").write_text(json.dumps({"stage": stage, "tokens": 100, "device_hours": 0.001}))
+    md = render_report(tmp_path / "pipe").read_text()
+    assert "| sft | 5 |" in md and "| grpo | 5 |" in md and "grpo_reward.png" in md
