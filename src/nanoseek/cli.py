@@ -69,6 +69,22 @@ COMMANDS = {
     "pretrain": (_pretrain, "pretrain on built-in data or --data (resumable)"),
     "generate": (_generate, "sample text from a run or model directory"),
     "speedrun": (_speedrun, "the whole pipeline on built-in defaults"),
+    "sft": (lambda argv: __import__("nanoseek.r1.sft", fromlist=["x"]).main_sft(argv),
+            "supervised fine-tuning on conversations (assistant-only loss; resumable)"),
+    "eval": (lambda argv: __import__("nanoseek.r1.evaluate", fromlist=["x"]).main_eval(argv),
+             "pass@1 / cons@k / format rate on a task or JSONL (R1 protocol)"),
+    "sample": (lambda argv: __import__("nanoseek.r1.sample", fromlist=["x"]).main_sample(argv),
+               "rejection sampling: keep correct, well-formed samples as SFT JSONL"),
+    "distill": (lambda argv: __import__("nanoseek.r1.distill", fromlist=["x"]).main_distill(argv),
+                "teacher traces -> small dense student (SFT, optional logit KD)"),
+    "chat": (lambda argv: __import__("nanoseek.r1.chat", fromlist=["x"]).main_chat(argv),
+             "interactive chat with streaming and a separate <think> display"),
+    "grpo": (lambda argv: __import__("nanoseek.r1.grpo", fromlist=["x"]).main_grpo(argv),
+             "GRPO on a verifiable task from a pretrained/SFT run (resumable)"),
+    "ppo": (lambda argv: __import__("nanoseek.r1.ppo", fromlist=["x"]).main_ppo(argv),
+            "PPO with a learned critic (the GRPO baseline, claim C3)"),
+    "r1": (lambda argv: __import__("nanoseek.r1.pipeline", fromlist=["x"]).main_r1(argv),
+           "the R1 pipeline: SFT -> GRPO -> rejection SFT -> GRPO, evaluated per stage"),
 }
 
 
@@ -77,6 +93,12 @@ def _register_optional() -> None:
         from .cost.report import main_cost
 
         COMMANDS["cost"] = (main_cost, "FLOPs, GPU-hours, dollars and memory for a config; --v3-table")
+        from .report import main_report
+
+        COMMANDS["report"] = (main_report, "markdown report with plots for a run directory")
+        from .dist.plan import main_plan
+
+        COMMANDS["plan"] = (main_plan, "memory, all-to-all volume and pipeline bubbles of a parallel layout")
     except ImportError:
         pass
 
