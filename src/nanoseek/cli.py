@@ -99,6 +99,9 @@ def _register_optional() -> None:
         from .dist.plan import main_plan
 
         COMMANDS["plan"] = (main_plan, "memory, all-to-all volume and pipeline bubbles of a parallel layout")
+        from .ablate import main_ablate
+
+        COMMANDS["ablate"] = (main_ablate, "small matched experiments for the seeds' claims C1-C12")
     except ImportError:
         pass
 
