@@ -1,44 +1,43 @@
 """The whole pipeline on built-in defaults (the README's main job).
 
-CPU: the tiny-cpu preset, a few minutes on 2 cores. GPU: the small-gpu preset.
+built-in data -> tokenizer -> pretrain -> cold-start SFT -> GRPO -> rejection-sampling SFT -> GRPO,
+a held-out evaluation after every stage, then the run report (markdown + plots). Sized to run in
+about ten minutes on 2 CPU cores (`presets/r1/speedrun-cpu.json`); every stage is resumable, so
+re-running the command continues where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="nanoseek speedrun")
-    ap.add_argument("--out", default=None, help="run directory (default runs/speedrun-{cpu,gpu})")
-    ap.add_argument("--steps", type=int, default=None, help="pretraining steps (default from the preset)")
-    a = ap.parse_args(argv)
-    import torch
+    ap.add_argument("--out", default="runs/speedrun", help="run directory")
+    ap.add_argument("--config", default="speedrun-cpu", help="r1 pipeline preset or JSON file")
+    args, rest = ap.parse_known_args(argv)
+    from .r1.pipeline import R1Config, run_r1
+    from .report import render_report
+    from .train.config import load_config, parse_overrides
 
-    from .train.config import PretrainConfig, load_config
-    from .train.pretrain import run_pretrain
-
-    gpu = torch.cuda.is_available()
-    over = {"out_dir": a.out or f"runs/speedrun-{'gpu' if gpu else 'cpu'}"}
-    if a.steps:
-        over["train"] = {"steps": a.steps}
-    cfg = load_config(PretrainConfig, "pretrain", "small-gpu" if gpu else "tiny-cpu", over)
-    run = run_pretrain(cfg, resume=(Path(cfg.out_dir) / "checkpoints").exists())
-    from .inference import load_for_inference
-
-    model, tok = load_for_inference(run)
-    prompts = ["def ", "<｜User｜>What is 12 + 35?<｜Assistant｜><think>"]
-    outs = model.generate([tok.encode(p, add_bos=True) for p in prompts], max_new_tokens=60, temperature=0.0,
-                          stop_tokens=(tok.eos_id,), pad_id=tok.pad_id or 0)
-    print("\nsamples (greedy):")
-    for p, o in zip(prompts, outs):
-        print(f"  {p!r} -> {tok.decode(o)!r}")
-    metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    losses = [m["train/loss"] for m in metrics if "train/loss" in m]
-    vals = [m for m in metrics if "val/loss" in m]
-    print(f"\nsummary: train loss {losses[0]:.3f} -> {losses[-1]:.3f}"
-          + (f"; val loss {vals[-1]['val/loss']:.3f}, {vals[-1]['val/bpb']:.3f} bits/byte" if vals else "")
-          + f"\nrun directory: {run}  (nanoseek generate {run} --prompt 'def ')")
+    over = parse_overrides(rest)
+    over["out_dir"] = args.out
+    cfg = load_config(R1Config, "r1", args.config, over)
+    run = Path(run_r1(cfg))
+    md = render_report(run)
+    summary(run, md)
     return 0
+
+
+def summary(run: Path, md: Path) -> None:
+    rep = json.loads((run / "report.json").read_text())
+    print("\n| stage | pass@1 | cons@k | format rate | train tokens | train s |\n|---|---|---|---|---|---|")
+    for s in rep["stages"]:
+        e = s.get("eval") or {}
+        print(f"| {s['stage']} | {e.get('pass@1', float('nan')):.3f} | {e.get('cons@k', float('nan')):.3f} | "
+              f"{e.get('format_rate', float('nan')):.3f} | {s.get('tokens') or '–'} | "
+              f"{(s.get('train_seconds') or 0):.0f} |")
+    print(f"\nreport: {md}\npipeline report: {run / 'report.md'}\nchat with the final model: nanoseek chat {run / '4_final_rl'}")
