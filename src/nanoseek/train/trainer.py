@@ -171,6 +171,8 @@ class Trainer:
             m["train/mtp_loss"] = r["mtp"]
         if "balance" in r:
             m["train/balance_loss"] = r["balance"]
+        if hasattr(self.train_iter, "useful_fraction"):  # packed data: share of positions with a loss term
+            m["data/useful_fraction"] = self.train_iter.useful_fraction
         if self.mfu.flops_per_token and self.mfu.peak:
             m["perf/mfu"] = tps * self.mfu.flops_per_token / self.mfu.peak
         if "imbalance_mean" in r:
