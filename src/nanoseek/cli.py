@@ -65,49 +65,36 @@ def _speedrun(argv: list[str]) -> int:
     return speedrun_main(argv)
 
 
+def _lazy(module: str, fn: str):
+    """Import a stage only when its command runs (keeps `nanoseek --help` fast)."""
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(f"nanoseek.{module}"), fn)(argv)
+
+    return run
+
+
 COMMANDS = {
     "pretrain": (_pretrain, "pretrain on built-in data or --data (resumable)"),
     "generate": (_generate, "sample text from a run or model directory"),
     "speedrun": (_speedrun, "the whole pipeline on built-in defaults"),
-    "sft": (lambda argv: __import__("nanoseek.r1.sft", fromlist=["x"]).main_sft(argv),
-            "supervised fine-tuning on conversations (assistant-only loss; resumable)"),
-    "eval": (lambda argv: __import__("nanoseek.r1.evaluate", fromlist=["x"]).main_eval(argv),
-             "pass@1 / cons@k / format rate on a task or JSONL (R1 protocol)"),
-    "sample": (lambda argv: __import__("nanoseek.r1.sample", fromlist=["x"]).main_sample(argv),
-               "rejection sampling: keep correct, well-formed samples as SFT JSONL"),
-    "distill": (lambda argv: __import__("nanoseek.r1.distill", fromlist=["x"]).main_distill(argv),
-                "teacher traces -> small dense student (SFT, optional logit KD)"),
-    "chat": (lambda argv: __import__("nanoseek.r1.chat", fromlist=["x"]).main_chat(argv),
-             "interactive chat with streaming and a separate <think> display"),
-    "grpo": (lambda argv: __import__("nanoseek.r1.grpo", fromlist=["x"]).main_grpo(argv),
-             "GRPO on a verifiable task from a pretrained/SFT run (resumable)"),
-    "ppo": (lambda argv: __import__("nanoseek.r1.ppo", fromlist=["x"]).main_ppo(argv),
-            "PPO with a learned critic (the GRPO baseline, claim C3)"),
-    "r1": (lambda argv: __import__("nanoseek.r1.pipeline", fromlist=["x"]).main_r1(argv),
-           "the R1 pipeline: SFT -> GRPO -> rejection SFT -> GRPO, evaluated per stage"),
+    "sft": (_lazy("r1.sft", "main_sft"), "supervised fine-tuning on conversations (assistant-only loss; resumable)"),
+    "eval": (_lazy("r1.evaluate", "main_eval"), "pass@1 / cons@k / format rate on a task or JSONL (R1 protocol)"),
+    "sample": (_lazy("r1.sample", "main_sample"), "rejection sampling: keep correct, well-formed samples as SFT JSONL"),
+    "distill": (_lazy("r1.distill", "main_distill"), "teacher traces -> small dense student (SFT, optional logit KD)"),
+    "chat": (_lazy("r1.chat", "main_chat"), "interactive chat with streaming and a separate <think> display"),
+    "grpo": (_lazy("r1.grpo", "main_grpo"), "GRPO on a verifiable task from a pretrained/SFT run (resumable)"),
+    "ppo": (_lazy("r1.ppo", "main_ppo"), "PPO with a learned critic (the GRPO baseline, claim C3)"),
+    "r1": (_lazy("r1.pipeline", "main_r1"), "the R1 pipeline: SFT -> GRPO -> rejection SFT -> GRPO, evaluated per stage"),
+    "cost": (_lazy("cost.report", "main_cost"), "FLOPs, GPU-hours, dollars and memory for a config; --v3-table"),
+    "report": (_lazy("report", "main_report"), "markdown report with plots for a run directory"),
+    "plan": (_lazy("dist.plan", "main_plan"), "memory, all-to-all volume and pipeline bubbles of a parallel layout"),
+    "ablate": (_lazy("ablate", "main_ablate"), "small matched experiments for the seeds' claims C1-C12"),
 }
 
 
-def _register_optional() -> None:
-    try:
-        from .cost.report import main_cost
-
-        COMMANDS["cost"] = (main_cost, "FLOPs, GPU-hours, dollars and memory for a config; --v3-table")
-        from .report import main_report
-
-        COMMANDS["report"] = (main_report, "markdown report with plots for a run directory")
-        from .dist.plan import main_plan
-
-        COMMANDS["plan"] = (main_plan, "memory, all-to-all volume and pipeline bubbles of a parallel layout")
-        from .ablate import main_ablate
-
-        COMMANDS["ablate"] = (main_ablate, "small matched experiments for the seeds' claims C1-C12")
-    except ImportError:
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
-    _register_optional()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: nanoseek <command> [options]\n\ncommands:")
