@@ -26,4 +26,4 @@ def test_report_over_pipeline_stages(tmp_path):
         (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
         (d / "cost.json").write_text(json.dumps({"stage": stage, "tokens": 100, "device_hours": 0.001}))
     md = render_report(tmp_path / "pipe").read_text()
-    assert "| sft | 5 |" in md and "| grpo | 5 |" in md and "grpo_reward.png" in md
+    assert "| sft | 5 |" in md and "| grpo | 5 |" in md and "grpo_reward.png" in md  # named by directory

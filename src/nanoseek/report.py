@@ -99,6 +99,8 @@ def render_report(run: str | Path) -> Path:
     for d in stage_dirs(run):
         rows = read_metrics(d / "metrics.jsonl")
         s = stage_summary(d, rows)
+        if d != run:  # a pipeline: name stages by their directory (0_base, 1_cold_start_sft, ...)
+            s["stage"] = d.name
         summaries.append(s)
         plots += plot_stage(rows, out_dir, d.name if d != run else s["stage"])
     lines += ["| stage | steps | loss first → last | val loss | val bits/byte | reward | accuracy | tokens | device-hours | MFU | $ |",
