@@ -21,6 +21,13 @@ import torch
 import torch.multiprocessing as mp
 
 K, BATCH, SEQ, VOCAB, TOL = 3, 8, 16, 256, 1e-5
+DOCS = 4  # packed rows of up to 4 documents: every layout must keep attention inside each document
+
+
+def batch_at(step: int) -> dict:
+    from nanoseek.dist.run import synthetic_batch
+
+    return synthetic_batch(step, BATCH, SEQ, VOCAB, docs=DOCS)
 
 
 def tiny_cfg():
@@ -58,7 +65,6 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def reference(train_kw: dict) -> dict:
     """Single-process Trainer: per-step losses / grad norms, then the gradients of step K+1."""
-    from nanoseek.dist.run import synthetic_batch
     from nanoseek.model import DeepSeekV3
     from nanoseek.train.trainer import Trainer, default_loss
 
@@ -66,11 +72,11 @@ def reference(train_kw: dict) -> dict:
     torch.manual_seed(0)
     model = DeepSeekV3(tiny_cfg())
     k = train.grad_accum
-    batches = iter([dict(zip(b, vs)) for s in range(K) for b in [synthetic_batch(s, BATCH, SEQ, VOCAB)]
+    batches = iter([dict(zip(b, vs)) for s in range(K) for b in [batch_at(s)]
                     for vs in zip(*(v.chunk(k) for v in b.values()))])
     tr = Trainer(model, optim, train, "/nonexistent", batches)
     steps = [tr.train_step() for _ in range(K)]
-    loss, _ = default_loss(model, synthetic_batch(K, BATCH, SEQ, VOCAB), train)
+    loss, _ = default_loss(model, batch_at(K), train)
     loss.backward()
     return {"loss": [s["loss"] for s in steps], "grad_norm": [s["grad_norm"] for s in steps],
             "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
@@ -84,7 +90,7 @@ def check_layout(layout: dict, train_kw: dict | None = None) -> dict:
     from torch.distributed.tensor import DTensor
 
     from nanoseek.dist.mesh import ParallelConfig
-    from nanoseek.dist.run import local_batch, setup, synthetic_batch
+    from nanoseek.dist.run import local_batch, setup
 
     train_kw = train_kw or {}
     key = json.dumps(train_kw, sort_keys=True)
@@ -94,8 +100,8 @@ def check_layout(layout: dict, train_kw: dict | None = None) -> dict:
     train, optim = _configs(**train_kw)
     run = setup(tiny_cfg(), ParallelConfig(**layout), train, optim)
     t = time.perf_counter()
-    steps = [run.train_step(local_batch(synthetic_batch(s, BATCH, SEQ, VOCAB), run.meshes)) for s in range(K)]
-    run.forward_backward(local_batch(synthetic_batch(K, BATCH, SEQ, VOCAB), run.meshes))
+    steps = [run.train_step(local_batch(batch_at(s), run.meshes)) for s in range(K)]
+    run.forward_backward(local_batch(batch_at(K), run.meshes))
     worst_grad, missing = 0.0, []
     for n, p in run.view.named_parameters():
         if p.grad is None:
@@ -110,9 +116,9 @@ def check_layout(layout: dict, train_kw: dict | None = None) -> dict:
 
 
 def _continue(run, steps: int) -> list[float]:
-    from nanoseek.dist.run import local_batch, synthetic_batch
+    from nanoseek.dist.run import local_batch
 
-    return [run.train_step(local_batch(synthetic_batch(run.step, BATCH, SEQ, VOCAB), run.meshes))["loss"] for _ in range(steps)]
+    return [run.train_step(local_batch(batch_at(run.step), run.meshes))["loss"] for _ in range(steps)]
 
 
 def _record(rank: int, out: str, name: str, value) -> None:
@@ -133,14 +139,14 @@ def worker4(rank: int, port: int, out: str) -> None:
 
     from nanoseek.dist.checkpoint import export_hf, save
     from nanoseek.dist.mesh import ParallelConfig
-    from nanoseek.dist.run import local_batch, setup, synthetic_batch
+    from nanoseek.dist.run import local_batch, setup
 
     _record(rank, out, "EP2xDP4 grad-accum 2", check_layout({"ep": 2}, {"grad_accum": 2}))  # edp 2, 2 micro-batches
     # Checkpoint at 4 ranks (PP2 × DP2 × EP2), then 2 more steps for the 2-rank run to reproduce.
     train, optim = _configs()
     run = setup(tiny_cfg(), ParallelConfig(pp=2, ep=2, pp_schedule="1F1B", microbatches=4), train, optim)
     for s in range(2):
-        run.train_step(local_batch(synthetic_batch(s, BATCH, SEQ, VOCAB), run.meshes))
+        run.train_step(local_batch(batch_at(s), run.meshes))
     save(run, os.path.join(out, "ckpt"))
     if rank == 0:
         export_hf(os.path.join(out, "ckpt"), os.path.join(out, "hf"))
@@ -220,3 +226,20 @@ def test_checkpoint_saved_at_4_ranks_loads_at_2(results):
     # Same continuation: model, router biases and AdamW moments were all restored.
     for a, b in zip(r2["after_load"], after_save):
         assert abs(a - b) / b < TOL, (r2["after_load"], after_save)
+
+
+def test_packed_batches_make_the_mask_matter():
+    """The layouts above train on packed rows; dropping the document mask changes the loss, so their
+    agreement with the reference shows every layout (PP included) masks per document."""
+    from nanoseek.model import DeepSeekV3
+    from nanoseek.train.trainer import default_loss
+
+    train, _ = _configs()
+    torch.manual_seed(0)
+    model = DeepSeekV3(tiny_cfg())
+    b = batch_at(0)
+    assert (b["doc_ids"].amax(1) > 0).all()  # every row holds several documents
+    with torch.no_grad():
+        packed = default_loss(model, b, train)[0]
+        plain = default_loss(model, {k: b[k] for k in ("input_ids", "labels")}, train)[0]
+    assert abs(float(packed - plain)) / float(plain) > 1e-4

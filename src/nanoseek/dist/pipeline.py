@@ -5,6 +5,8 @@ optimizer param groups, DCP checkpoints and parity tests line up with the unspli
   first stage: input_ids (B,S) -> embed_tokens -> its layers
   middle:      h (B,S,d) -> its layers
   last stage:  its layers -> norm -> lm_head (+ MTP modules) -> logits
+Packed batches add meta = (position_ids, doc_ids) (B,2,S) to the first stage's input; every stage
+passes it on, so attention stays inside each document on all stages, as in the unsplit model.
 With MTP the embeddings e = Emb(input_ids) (B,S,d) travel along with h: MTP module k consumes
 e[:, k:] on the last stage, and e's gradient flows back to the first stage's embedding through
 the pipeline, so the embedding shared by the main model and MTP lives on one rank only.
@@ -23,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model.attention import document_causal_mask
+from ..model.flex import document_block_mask, flex_available
 from ..model.loss import IGNORE, mtp_labels
 from ..model.moe import MoE
 from ..model.transformer import DeepSeekV3
@@ -51,6 +55,7 @@ class Stage(nn.Module):
         self.first, self.last = index == 0, index == n_stages - 1
         self.use_mtp = mtp and len(full.mtp) > 0
         self.balance_alpha = balance_alpha
+        self.use_flex = full.use_flex
         self.model = nn.Module()  # same attribute paths as DeepSeekV3 -> same parameter names
         if self.first:
             self.model.embed_tokens = full.model.embed_tokens
@@ -74,27 +79,42 @@ class Stage(nn.Module):
         counts = {i: sum(r[0][i] for r in recs) for i, _ in self.moes if recs and i in recs[0][0]}
         return counts, sum((r[1] for r in recs), torch.zeros(()))
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor | None = None):
-        if self.first:  # x: input_ids (B,S)
-            e = self.model.embed_tokens(x)
-            x = e
-        S = x.shape[1]
-        pos = torch.arange(S, device=x.device).expand(x.shape[0], S)
+    def forward(self, x: torch.Tensor, *rest: torch.Tensor):
+        """x: input_ids (B,S) on the first stage, else h (B,S,d). rest: the MTP embeddings e (B,S,d)
+        when MTP is on (not on the first stage), then `meta` (B,2,S) long = (position_ids, doc_ids) for
+        packed batches: it travels with h (no gradient) so every stage masks attention per document."""
+        e = rest[0] if self.use_mtp and not self.first else None
+        meta = rest[-1] if len(rest) > (1 if e is not None else 0) else None
+        if self.first:
+            e = x = self.model.embed_tokens(x)
+        B, S = x.shape[:2]
+        pos = meta[:, 0] if meta is not None else torch.arange(S, device=x.device).expand(B, S)
+        doc = meta[:, 1] if meta is not None else None
         cos, sin = self.model.rotary(pos)
         h = x
         for layer in self.model.layers.values():
-            h = layer(h, cos, sin)
-        if not self.last:  # e leaves as a new tensor, never as this stage's own input (torch 2.11's V
+            h = layer(h, cos, sin, self._mask(doc))
+        if not self.last:  # outputs leave as new tensors, never as this stage's own inputs (torch 2.11's V
             # schedules fail on an output that is an input leaf: "does not require grad")
-            return self._stats((h, e if self.first else e.clone()) if self.use_mtp else h)
+            out = (h, e if self.first else e.clone()) if self.use_mtp else (h,)
+            out = out + (meta.clone(),) if meta is not None else out
+            return self._stats(out if len(out) > 1 else out[0])
         h = self.model.norm(h)
         outs = [self.lm_head(h)]  # (B,S,V)
         for k, module in enumerate(self.mtp if self.use_mtp else [], start=1):  # as DeepSeekV3.mtp_forward
             L = S - k
             c, s = self.model.rotary(pos[:, :L])
-            h = module(h[:, :L], e[:, k: k + L], c, s)
+            h = module(h[:, :L], e[:, k: k + L], c, s, self._mask(doc[:, :L] if doc is not None else None))
             outs.append(self.lm_head(h))  # (B,S-k,V)
         return self._stats(tuple(outs) if len(outs) > 1 else outs[0])
+
+    def _mask(self, doc: torch.Tensor | None):
+        """Block-diagonal causal mask of a packed batch (as DeepSeekV3._mask); None = plain causal."""
+        if doc is None:
+            return None
+        if self.use_flex and flex_available(doc.device):
+            return document_block_mask(doc)
+        return document_causal_mask(doc)
 
     def _stats(self, out):
         """Record loads; fold the α-weighted balance loss of this stage's MoE layers into the backward."""

@@ -110,7 +110,10 @@ class DistRun:
         first, last = any(s.first for s in stages), any(s.last for s in stages)
         losses: list[torch.Tensor] = []
         self.schedule.nanoseek_loss.lm.clear()
-        self.schedule.step(*((ids,) if first else ()), **(dict(target=labels, losses=losses) if last else {}))
+        args: tuple = ()
+        if first:  # packed batches: positions and document ids travel with the activations
+            args = (ids,) if "doc_ids" not in batch else (ids, self._meta(batch, ids))
+        self.schedule.step(*args, **(dict(target=labels, losses=losses) if last else {}))
         # [lm + λ·MTP, lm] from the last stage, α·balance from every stage: summed over pp, mean over dp.
         stats = torch.zeros(3)
         if last:
@@ -128,6 +131,16 @@ class DistRun:
                     counts[i] += v.to(dev)
             dist.all_reduce(counts)  # stages own disjoint layers: the sum over the world is the global load
         return float(stats[0] + stats[2]), float(stats[1]), counts
+
+
+    @staticmethod
+    def _meta(batch: dict, ids: torch.Tensor) -> torch.Tensor:
+        """(B,2,S) long: position_ids (restarting per document) and doc_ids of a packed batch."""
+        doc = batch["doc_ids"].to(ids.device)
+        pos = batch.get("position_ids")
+        if pos is None:
+            raise ValueError("a batch with doc_ids needs position_ids too (they restart at each document)")
+        return torch.stack([pos.to(ids.device), doc], 1).long()
 
 
 def _all_moe_ids(cfg: ModelConfig) -> list[int]:
@@ -222,11 +235,20 @@ def local_batch(batch: dict, meshes: Meshes) -> dict:
     return {k: v.chunk(dp)[r] for k, v in batch.items()}
 
 
-def synthetic_batch(step: int, batch: int, seq: int, vocab: int, seed: int = 0) -> dict:
-    """Deterministic random tokens (the same on every rank): input_ids and next-token labels (B,S)."""
+def synthetic_batch(step: int, batch: int, seq: int, vocab: int, seed: int = 0, docs: int = 1) -> dict:
+    """Deterministic random tokens (the same on every rank): input_ids and next-token labels (B,S).
+    docs > 1 packs each row as up to `docs` documents at random boundaries: adds doc_ids and
+    position_ids (restarting per document), as the pretraining loader's packed batches have."""
     g = torch.Generator().manual_seed(seed * 100003 + step)
     x = torch.randint(0, vocab, (batch, seq + 1), generator=g)
-    return {"input_ids": x[:, :-1].contiguous(), "labels": x[:, 1:].contiguous()}
+    out = {"input_ids": x[:, :-1].contiguous(), "labels": x[:, 1:].contiguous()}
+    if docs > 1:
+        starts = torch.rand(batch, seq, generator=g) < (docs - 1) / seq  # (B,S) a document starts here
+        starts[:, 0] = True
+        doc = starts.long().cumsum(1) - 1  # (B,S) 0, 0, 1, 1, 1, 2, ...
+        first = torch.zeros_like(doc).scatter_reduce(1, doc, torch.arange(seq).expand(batch, seq), "amin", include_self=False)
+        out.update(doc_ids=doc, position_ids=torch.arange(seq) - first.gather(1, doc))
+    return out
 
 
 # ------------------------------------------------------------------------------------ CLI

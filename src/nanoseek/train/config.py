@@ -66,6 +66,9 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # the torch.distributed layout under torchrun (dist.mesh.ParallelConfig keys: dp, ep, pp, pp_schedule,
+    # microbatches, fsdp, ...); ignored by a single process. train.batch_size is then per data-parallel rank.
+    parallel: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, cls in (("data", DataConfig), ("optim", OptimConfig), ("train", TrainConfig)):
@@ -90,6 +93,19 @@ class PretrainConfig:
         for ok, name, msg in checks:
             if not ok:
                 raise ConfigError(f"{name}: {msg}")
+        if self.parallel:
+            self.parallel_config()
+
+    def parallel_config(self):
+        """`parallel` as a dist.mesh.ParallelConfig (unknown keys are a ConfigError naming them)."""
+        from ..dist.mesh import ParallelConfig
+
+        if not isinstance(self.parallel, dict):
+            raise ConfigError(f"parallel: must be a mapping of ParallelConfig keys, got {self.parallel!r}")
+        try:
+            return ParallelConfig.from_dict(self.parallel)
+        except TypeError as e:
+            raise ConfigError(f"parallel: {e}") from e
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
         cfg = ModelConfig.load(self.model)

@@ -186,4 +186,6 @@ def _resume_key(cfg: dict) -> str:
     c = json.loads(json.dumps(cfg))
     for k in ("steps", "log_every", "eval_every", "eval_batches", "ckpt_every", "keep_last", "tensorboard", "progress", "device"):
         c.get("train", {}).pop(k, None)
+    if not c.get("parallel"):  # single-process runs (and checkpoints from before the key existed)
+        c.pop("parallel", None)
     return json.dumps(c, sort_keys=True)
