@@ -2,8 +2,9 @@
 
 built-in data -> tokenizer -> pretrain -> cold-start SFT -> GRPO -> rejection-sampling SFT -> GRPO,
 a held-out evaluation after every stage, then the run report (markdown + plots). Sized to run in
-about ten minutes on 2 CPU cores (`presets/r1/speedrun-cpu.json`); every stage is resumable, so
-re-running the command continues where it stopped.
+about ten minutes on 2 CPU cores (`presets/r1/speedrun-cpu.json`); with a GPU the default is the
+larger `presets/r1/speedrun-gpu.json` (the `small` model). Every stage is resumable, so re-running
+the command continues where it stopped.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="nanoseek speedrun")
     ap.add_argument("--out", default="runs/speedrun", help="run directory")
-    ap.add_argument("--config", default="speedrun-cpu", help="r1 pipeline preset or JSON file")
+    ap.add_argument("--config", default=None,
+                    help="r1 pipeline preset or JSON file (default: speedrun-gpu with CUDA, else speedrun-cpu)")
     args, rest = ap.parse_known_args(argv)
+    args.config = args.config or default_config()
+    print(f"speedrun: config {args.config}", flush=True)
     from .r1.pipeline import R1Config, run_r1
     from .report import render_report
     from .train.config import load_config, parse_overrides
@@ -30,6 +34,12 @@ def main(argv: list[str]) -> int:
     md = render_report(run)
     summary(run, md)
     return 0
+
+
+def default_config() -> str:
+    import torch
+
+    return "speedrun-gpu" if torch.cuda.is_available() else "speedrun-cpu"
 
 
 def summary(run: Path, md: Path) -> None:
