@@ -353,7 +353,20 @@ class _Parser:
         raise ParseError(f"unexpected {tok!r}")
 
 
-class _SympyOps:
+class _Ops:
+    """+ - * shared by the expression back-ends; each adds its own div / neg / pow."""
+
+    def add(self, a, b):
+        return a + b
+
+    def sub(self, a, b):
+        return a - b
+
+    def mul(self, a, b):
+        return a * b
+
+
+class _SympyOps(_Ops):
     """Builds sympy objects directly (never `sympify`/`parse_expr`, which call eval)."""
 
     implicit_mul = unary = True
@@ -376,15 +389,6 @@ class _SympyOps:
         sp = self.sp
         return {"sqrt": sp.sqrt, "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "log": sp.log,
                 "ln": sp.log, "exp": sp.exp}[name](arg)
-
-    def add(self, a, b):
-        return a + b
-
-    def sub(self, a, b):
-        return a - b
-
-    def mul(self, a, b):
-        return a * b
 
     def div(self, a, b):
         return a / b
@@ -596,7 +600,7 @@ REWARDS["soft_overlong"] = length_penalty
 # ----------------------------------------------------------------------------- countdown
 
 
-class _FractionOps:
+class _FractionOps(_Ops):
     """Exact arithmetic for countdown equations; records every literal used."""
 
     implicit_mul = unary = False
@@ -614,15 +618,6 @@ class _FractionOps:
         raise ParseError(f"names not allowed: {tok!r}")
 
     func = name
-
-    def add(self, a, b):
-        return a + b
-
-    def sub(self, a, b):
-        return a - b
-
-    def mul(self, a, b):
-        return a * b
 
     def div(self, a, b):
         if b == 0:
