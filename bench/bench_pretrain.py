@@ -7,6 +7,10 @@ losses, router-bias update) on packed batches, with each attention/compile varia
 step without document masks; transformers' DeepseekV3ForCausalLM (grouped_mm experts) on the
 same config and weights; packed vs pad-to-longest batches on a realistic document-length mix
 (useful tokens/s). MFU = tokens/s × training FLOPs/token ÷ peak bf16 FLOP/s.
+
+Variants (--variants, comma list): sdpa_dense (dense document mask + SDPA), flex (FlexAttention
+document mask), flex_fused (flex + the fused Triton RMSNorm/SwiGLU kernels of nanoseek.kernels,
+which are off by default), flex_compiled (per-layer torch.compile), nomask (no document mask).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 
 from nanoseek.data.packing import PackedDataset, PaddedBatcher
+from nanoseek.kernels import fused_enabled, set_fused
 from nanoseek.model import DeepSeekV3, ModelConfig
 from nanoseek.train.config import OptimConfig, TrainConfig
 from nanoseek.train.trainer import Trainer
@@ -102,6 +107,15 @@ def profile_step(model, loader, out_path: str) -> list[dict]:
     return rows
 
 
+def set_fused_for(variant: str) -> bool:
+    """Fused Triton RMSNorm/SwiGLU on for variants named "*_fused"; other variants keep the library
+    setting (off unless NANOSEEK_FUSED=1). Returns the previous setting, for restoring it."""
+    prev = fused_enabled()
+    if "fused" in variant.split("_"):
+        set_fused(True)
+    return prev
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="small")
@@ -132,11 +146,16 @@ def main(argv=None):
         loader = PackedDataset(docs, a.seq, a.batch, seed=0)
         if v == "nomask":
             loader = _strip_doc_ids(loader)
+        fused_prev = set_fused_for(v)  # "*_fused": the Triton RMSNorm/SwiGLU kernels (docs/kernels.md)
         try:
-            record(f"nanoseek packed [{v}]", time_trainer(model, loader, a.steps, 3, compile_=v.endswith("compiled")))
+            r = time_trainer(model, loader, a.steps, 3, compile_=v.endswith("compiled"))
+            r["fused_kernels"] = fused_enabled()
+            record(f"nanoseek packed [{v}]", r)
         except Exception as e:
             res["rows"][v] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
             print(v, "error", e, flush=True)
+        finally:
+            set_fused(fused_prev)
         del model
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
