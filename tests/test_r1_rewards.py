@@ -85,6 +85,15 @@ def test_accuracy_reward():
     assert accuracy([wrap("4")], solution=["so \\boxed{4}"]) == [1.0]
 
 
+def test_accuracy_numeric_only():
+    """Arithmetic (R1-Zero preset): copying the question into <answer> is symbolically equal to
+    the result; `numeric=True` accepts only a plain number."""
+    comps = [wrap("3 + 5"), wrap("8"), wrap(" 8. "), wrap("2*4"), wrap("9")]
+    assert accuracy(comps, answer=["8"] * 5) == [1.0, 1.0, 1.0, 1.0, 0.0]
+    assert accuracy(comps, answer=["8"] * 5, numeric=True) == [0.0, 1.0, 1.0, 0.0, 0.0]
+    assert get_reward("accuracy", numeric=True)([wrap("-3")], answer=["-3"]) == [1.0]
+
+
 # ----------------------------------------------------------------------------- format
 
 
@@ -109,6 +118,16 @@ def test_format_reward_with_prefilled_think():
     assert format_reward([comp], prompts=["... Assistant: <think>\n"]) == [1.0]
     # a completion that opens its own <think> after a prefill is still one block
     assert format_reward(["<think>x</think><answer>3</answer>"], prompts=["<think>"]) == [1.0]
+
+
+def test_format_reward_nonempty_answer():
+    comps = ["<think></think>\n<answer></answer>", "<think>a</think><answer> \n</answer>",
+             "<think></think><answer>0</answer>", "</think>\n<answer></answer>"]
+    assert format_reward(comps) == [1.0, 1.0, 1.0, 0.0]
+    assert format_reward(comps, nonempty_answer=True) == [0.0, 0.0, 1.0, 0.0]
+    # with a prefilled <think> and bound through the registry, as the r1-zero-cpu preset does
+    fmt = get_reward("format", nonempty_answer=True)
+    assert fmt(comps[2:], prompts=["<think>\n"] * 2) == [1.0, 0.0]
 
 
 def test_tag_count():

@@ -494,12 +494,18 @@ def _scalar_match(p: str, g: str, timeout: float) -> bool:
 
 @register_reward("accuracy")
 def accuracy(completions: list[str], answer: list[str] | None = None,
-             solution: list[str] | None = None, timeout: float = 2.0, **_: Any) -> list[float]:
+             solution: list[str] | None = None, timeout: float = 2.0, numeric: bool = False,
+             **_: Any) -> list[float]:
     """1.0 when the final answer (`extract_answer`) equals the reference (`answer` column, or a
-    `solution` column holding `\\boxed{}`), else 0.0 (R1 §2.2.2 "accuracy rewards")."""
+    `solution` column holding `\\boxed{}`), else 0.0 (R1 §2.2.2 "accuracy rewards").
+
+    `numeric` accepts only a plain number: on arithmetic, copying the question (`3 + 5`) would
+    otherwise pass as symbolically equal to `8`."""
     gold = _column({"answer": answer, "solution": solution}, len(completions), "answer", "solution")
-    return [float(answers_match(extract_answer(c), str(g), timeout))
-            for c, g in zip(completions, gold)]
+    preds = [extract_answer(c) for c in completions]
+    return [float(answers_match(p, str(g), timeout)
+                  and (not numeric or parse_number(normalize_answer(p)) is not None))
+            for p, g in zip(preds, gold)]
 
 
 _STRICT_FORMAT = re.compile(
@@ -517,15 +523,20 @@ def _with_prefill(completion: str, prompt: str | None) -> str:
 
 @register_reward("format")
 def format_reward(completions: list[str], prompts: list[str] | None = None,
-                  **_: Any) -> list[float]:
+                  nonempty_answer: bool = False, **_: Any) -> list[float]:
     """1.0 for exactly `<think>…</think><answer>…</answer>` with only whitespace around, else 0.
 
     Tags may not repeat or nest (the loose-regex hack of R1.md §7). When a prompt ends with
     `<think>` (R1-distill templates prefill it), the completion may start inside the thought.
+    `nonempty_answer` also requires text inside `<answer>`: an RL policy that cannot yet answer
+    otherwise settles on `<answer></answer>`, which earns the format reward and never accuracy.
     """
     prompts = prompts if prompts is not None else [None] * len(completions)
-    return [float(_STRICT_FORMAT.fullmatch(_with_prefill(c, p)) is not None)
-            for c, p in zip(completions, prompts)]
+    out = []
+    for c, p in zip(completions, prompts):
+        m = _STRICT_FORMAT.fullmatch(_with_prefill(c, p))
+        out.append(float(m is not None and (not nonempty_answer or bool(m.group(2).strip()))))
+    return out
 
 
 @register_reward("tag_count")
