@@ -51,7 +51,8 @@ def test_every_token_once_per_epoch():
     while ds.epoch == 0:
         seen.append(next(ds)["input_ids"].reshape(-1))
     stream = torch.cat(seen).numpy()
-    expected = np.concatenate([docs[i] for i in order])
+    c = ds.cur  # the shuffle unit is a piece: <= S tokens of one document
+    expected = np.concatenate([docs[c.p_doc[p]][c.p_start[p]: c.p_start[p] + S] for p in order])
     assert (stream[:len(expected)] == expected).all()  # in epoch order, no token skipped or repeated
     assert sorted(stream[:len(expected)].tolist()) == sorted(np.concatenate(docs).tolist())
     assert (stream[len(expected):] // 1000 - 1 < len(docs)).all()  # then epoch 1 continues seamlessly
@@ -79,6 +80,25 @@ def test_resume_gives_identical_batches(cls):
     assert b.useful_fraction == a.useful_fraction
     with pytest.raises(ValueError, match="seq_len"):
         cls(docs, S + 1, B, seed=5).load_state_dict(state)
+
+
+def test_long_documents_are_shuffled_in_pieces():
+    """A document of 30 rows does not fill 30 consecutive rows: its pieces are spread over the epoch
+    (piece_tokens=-1 restores whole-document shuffling, where it does)."""
+    docs = _docs(200) + [np.arange(30 * S, dtype=np.int64) + 1000 * 201]
+    def rows_of_long_doc(ds):
+        rows = []
+        while ds.epoch == 0:
+            rows += [bool(((r // 1000) == 201).any()) for r in next(ds)["input_ids"].numpy()]
+        hit = np.flatnonzero(rows)
+        return hit, hit.max() - hit.min() + 1  # rows touching it, and the span they cover
+    hit, span = rows_of_long_doc(PackedDataset(docs, S, B, seed=4))
+    assert len(hit) >= 30 and span > 3 * len(hit)  # scattered
+    hit, span = rows_of_long_doc(PackedDataset(docs, S, B, seed=4, piece_tokens=-1))
+    assert span <= len(hit) + 1  # consecutive: the old behaviour
+    ds = PackedDataset(docs, S, B, seed=4)
+    with pytest.raises(ValueError, match="piece_tokens"):
+        PackedDataset(docs, S, B, seed=4, piece_tokens=-1).load_state_dict(ds.state_dict())
 
 
 def test_deterministic_and_seed_dependent():

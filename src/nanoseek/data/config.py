@@ -71,6 +71,9 @@ class DataConfig:
     add_bos: bool = True  # every document is [bos] + text + [eos]
     seq_len: int = 1024
     packing: str = "packed"  # "packed" (no padding, C5) or "padded" (pad-to-longest baseline)
+    # shuffle unit: documents are cut into pieces of at most this many tokens and the pieces are
+    # shuffled, so one long file does not fill many consecutive batches (0 = seq_len; -1 = whole docs)
+    piece_tokens: int = 0
     val_fraction: float = 0.01  # share of documents held out, chosen by a seeded content hash
     shard_tokens: int = 1 << 24  # tokens per shard file (a shard holds whole documents)
     seed: int = 0
@@ -93,6 +96,7 @@ class DataConfig:
         checks = [
             (self.vocab_size >= 265, "vocab_size", "must be >= 265 (9 special tokens + 256 bytes)"),
             (self.seq_len >= 2, "seq_len", "must be >= 2"),
+            (self.piece_tokens == -1 or self.piece_tokens >= 0, "piece_tokens", "must be >= 0, or -1 for whole documents"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction", "must be in [0, 1)"),
             (self.shard_tokens > 0, "shard_tokens", "must be > 0"),
             (self.digit_group >= 1, "digit_group", "must be >= 1"),

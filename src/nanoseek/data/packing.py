@@ -13,9 +13,15 @@ split and continues in the next row. Every row comes with
                        block-diagonal causal mask from them (attend iff same doc_id and j <= i)
 All are int64 tensors of shape (B, S) per batch.
 
-Determinism and resume: the document order of epoch e is a permutation fixed by (seed, e) (or
-the curriculum order for epoch 0), and a row is a pure function of the position (epoch, cursor,
-offset) where it starts. `state_dict()` is that position, so a killed run resumes exactly.
+Shuffling: the unit is a *piece*, a document cut into spans of at most `piece` tokens (seq_len by
+default). A 50K-token source file would otherwise fill ~25 consecutive batches of 8 × 256 and
+the loss would swing with each file; its pieces are instead spread over the epoch. Positions and
+masks are unchanged (a row already restarts positions at a split), and a piece's last label is the
+document's next token, so no target is lost.
+
+Determinism and resume: the piece order of epoch e is a permutation fixed by (seed, e) (or the
+curriculum's document order for epoch 0, each document's pieces in turn), and a row is a pure
+function of the position (epoch, cursor, offset) where it starts. `state_dict()` is that position, so a killed run resumes exactly.
 Data parallel: every rank walks the same global stream and keeps rows rank, rank+W, …
 """
 
@@ -35,43 +41,65 @@ IGNORE_INDEX = -100
 KEYS = ("input_ids", "labels", "position_ids", "doc_ids")
 
 
-class _DocCursor:
-    """Walks documents in per-epoch order and hands out token spans; its state is 3 integers."""
+def _pieces(lengths: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut documents of `lengths` (N,) into pieces of <= size tokens (size <= 0: whole documents).
+    Returns doc (P,), start (P,) of every piece in document order, and the first piece of each doc (N,)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n = np.maximum(1, -(-lengths // size)) if size > 0 else np.ones_like(lengths)  # (N,) pieces per doc
+    first = np.cumsum(n) - n
+    doc = np.repeat(np.arange(len(lengths)), n)
+    start = (np.arange(int(n.sum())) - first[doc]) * max(size, 0)
+    return doc, start, first
 
-    def __init__(self, docs: Sequence, seed: int, shuffle: bool, curriculum: Curriculum | None, wrap: bool):
+
+class _DocCursor:
+    """Walks document pieces in per-epoch order and hands out token spans; its state is 3 integers."""
+
+    def __init__(self, docs: Sequence, seed: int, shuffle: bool, curriculum: Curriculum | None, wrap: bool,
+                 piece: int = 0):
         if len(docs) == 0:
             raise ValueError("no documents to batch")
         self.docs, self.seed, self.shuffle, self.curriculum, self.wrap = docs, seed, shuffle, curriculum, wrap
+        self.piece = piece
+        lengths = docs.doc_lengths() if hasattr(docs, "doc_lengths") else np.array([len(d) for d in docs])
+        self.p_doc, self.p_start, self.p_first = _pieces(lengths, piece)
         self.epoch = self.cursor = self.offset = 0
         self._order_epoch, self._order = -1, None
 
     def order(self) -> np.ndarray:
-        """(N,) document order of the current epoch (cached)."""
+        """(P,) piece order of the current epoch (cached)."""
         if self._order_epoch != self.epoch:
             o = self.curriculum.order(self.epoch, self.seed) if self.curriculum else None
-            if o is None:
-                n = len(self.docs)
+            if o is not None:  # a document order: each document's pieces in turn
+                o = np.asarray(o, dtype=np.int64)
+                counts = np.bincount(self.p_doc, minlength=len(self.docs))[o]
+                o = np.repeat(self.p_first[o], counts) + np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+            else:
+                n = len(self.p_doc)
                 o = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
             self._order, self._order_epoch = o, self.epoch
         return self._order
 
     def take(self, n: int) -> tuple[np.ndarray, int, int] | None:
-        """Up to n tokens of the current document: (doc, start, end). None at the end if not wrapping."""
-        if self.cursor == len(self.docs):
+        """Up to n tokens of the current piece: (doc, start, end). None at the end if not wrapping."""
+        if self.cursor == len(self.p_doc):
             if not self.wrap:
                 return None
             self.epoch, self.cursor, self.offset = self.epoch + 1, 0, 0
-        doc = self.docs[int(self.order()[self.cursor])]
-        start = self.offset
-        end = min(start + n, len(doc))
-        if end == len(doc):
+        p = int(self.order()[self.cursor])
+        doc = self.docs[int(self.p_doc[p])]
+        p_start = int(self.p_start[p])
+        p_end = min(p_start + self.piece, len(doc)) if self.piece > 0 else len(doc)
+        start = p_start + self.offset
+        end = min(start + n, p_end)
+        if end == p_end:
             self.cursor, self.offset = self.cursor + 1, 0
         else:
-            self.offset = end
+            self.offset = end - p_start
         return doc, start, end
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "offset": self.offset}
+        return {"epoch": self.epoch, "cursor": self.cursor, "offset": self.offset, "piece_tokens": self.piece}
 
 
 def _segment(doc: np.ndarray, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,11 +130,12 @@ class _Batcher:
 
     def __init__(self, docs: Sequence, seq_len: int, batch_size: int, seed: int = 0, shuffle: bool = True,
                  curriculum: Curriculum | None = None, rank: int = 0, world_size: int = 1, pad_id: int = 2,
-                 wrap: bool = True):
+                 wrap: bool = True, piece_tokens: int = 0):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in 0..{world_size - 1}")
         self.S, self.B, self.rank, self.world, self.pad_id = seq_len, batch_size, rank, world_size, pad_id
-        self.cur = _DocCursor(docs, seed, shuffle, curriculum, wrap)
+        # piece_tokens: 0 = seq_len, -1 = whole documents (see the module docstring)
+        self.cur = _DocCursor(docs, seed, shuffle, curriculum, wrap, seq_len if piece_tokens == 0 else piece_tokens)
         self.useful = self.total = self.batches = 0
 
     def _next_row(self) -> dict[str, np.ndarray] | None:
@@ -150,6 +179,9 @@ class _Batcher:
                      ("seq_len", self.S), ("batch_size", self.B), ("world_size", self.world)):
             if sd[k] != v:
                 raise ValueError(f"cannot resume: state has {k}={sd[k]!r}, this loader has {v!r}")
+        if sd.get("piece_tokens") != self.cur.piece:
+            raise ValueError(f"cannot resume: the data position was saved with piece_tokens={sd.get('piece_tokens')!r} "
+                             f"(None: an older loader that shuffled whole documents), this loader has {self.cur.piece}")
         self.cur.epoch, self.cur.cursor, self.cur.offset = sd["epoch"], sd["cursor"], sd["offset"]
         self.useful, self.total, self.batches = sd["useful"], sd["total"], sd["batches"]
 
@@ -207,4 +239,5 @@ def build_loader(cfg: DataConfig, data_dir: str | Path, split: str = "train", ba
         return eval_batches(docs, cfg.seq_len, batch_size, pad_id)
     cur = Curriculum.from_docs(docs, cfg.curriculum, scorer) if cfg.curriculum.enabled else None
     cls = PackedDataset if cfg.packing == "packed" else PaddedBatcher
-    return cls(docs, cfg.seq_len, batch_size, cfg.seed, True, cur, rank, world_size, pad_id)
+    return cls(docs, cfg.seq_len, batch_size, cfg.seed, True, cur, rank, world_size, pad_id,
+               piece_tokens=cfg.piece_tokens)
