@@ -2,6 +2,7 @@
 reuses every finished stage; config errors surface before any training."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -31,6 +32,8 @@ def test_tiny_cpu_pipeline_end_to_end_then_resumes(tmp_path, capsys):
     by = {r["stage"]: r for r in rep["stages"]}
     assert by["reasoning_rl"]["rl"]["steps"] == 2 and "frac_reward_zero_std_mean" in by["final_rl"]["rl"]
     assert by["rejection_sft"]["rejection"]["samples"] == 16  # 8 prompts × k=2
+    mixed = [json.loads(l) for l in (out / "3_rejection_sft" / "rs_data.jsonl").read_text().splitlines()][-16:]
+    assert all(len(x) == 1 for m in mixed for x in re.findall(r"\d+", m["messages"][0]["content"]))  # cold start's 1 digit
     assert rep["total"]["device_hours"] > 0
     assert "| final_rl |" in (out / "report.md").read_text()
     for i, st in enumerate(STAGES, 1):

@@ -196,7 +196,10 @@ def _run_rejection_stage(cfg: R1Config, prev: Path, base: Path, d: Path) -> dict
                                           rs.max_new_tokens or cfg.eval.max_new_tokens, cfg.eval.batch_size,
                                           rs.seed, cfg.prompt_format, rs.max_per_prompt)
         del model
-        mix = [{"messages": m} for m in builtin_conversations(rs.mix_builtin, seed=rs.seed + 1)] if rs.mix_builtin else []
+        # the mix has the cold start's difficulty (digits, ops): anything else moves the model off the task
+        b = cfg.stage_config("cold_start_sft", str(base), str(d)).builtin
+        mix = [{"messages": m} for m in builtin_conversations(rs.mix_builtin, b.min_digits, b.max_digits, b.ops,
+                                                              seed=rs.seed + 1)] if rs.mix_builtin else []
         if not records and not mix:
             raise ConfigError(f"rejection_sft: no correct, well-formed samples from {prev} "
                               f"({stats['samples']} samples); raise rs.k / rs.prompts or set rs.mix_builtin")
