@@ -160,17 +160,25 @@ def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, t
 
 def make_loss_fn(mtp_weight: float):
     """loss(last-stage output, labels (B,S)) = CE + λ·mean_k CE_k, matching model.loss.model_loss.
-    `loss_fn.lm` collects the main CE of each micro-batch (for logging; the caller clears it)."""
+    `loss_fn.lm` collects the main CE of each micro-batch (for logging; the caller clears it).
+    With `loss_fn.norm` set, each CE is a sum over the micro-batch divided by norm[k] = the step's
+    global token count / (micro-batches × dp): after the schedule's 1/micro-batches and FSDP's 1/dp,
+    the gradient is that of the token mean over the global batch, as in one process."""
     def loss_fn(out, labels):
         outs = out if isinstance(out, tuple) else (out,)
+        norm = loss_fn.norm  # None: this micro-batch's token means; else (1+D,) tokens per unit of loss
         s, n = _ce_sum(outs[0], labels)
-        loss = s / n
+        loss = s / (n if norm is None else norm[0])
         loss_fn.lm.append(loss.detach())
         if len(outs) > 1:
-            mtp = sum(torch.div(*_ce_sum(lg, mtp_labels(labels, k))) for k, lg in enumerate(outs[1:], 1)) / (len(outs) - 1)
-            loss = loss + mtp_weight * mtp
+            mtp = 0.0
+            for k, lg in enumerate(outs[1:], 1):
+                sk, nk = _ce_sum(lg, mtp_labels(labels, k))
+                mtp = mtp + sk / (nk if norm is None else norm[k])
+            loss = loss + mtp_weight * mtp / (len(outs) - 1)
         return loss
     loss_fn.lm = []
+    loss_fn.norm = None  # DistRun sets global tokens / (micro-batches × dp) before each step
     return loss_fn
 
 

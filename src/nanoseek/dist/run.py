@@ -26,6 +26,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from ..model import DeepSeekV3, ModelConfig, load_imbalance, update_router_bias
+from ..model.loss import IGNORE, mtp_labels
 from ..train.config import OptimConfig, TrainConfig
 from ..train.optim import build_optimizer, lr_at, micro_batches_at
 from ..train.trainer import default_loss
@@ -86,7 +87,8 @@ class DistRun:
         for j, mb in enumerate(chunks):
             if hasattr(model, "set_requires_gradient_sync"):
                 model.set_requires_gradient_sync(j == len(chunks) - 1)
-            l, stats = default_loss(model, {n: v.to(self.meshes.device) for n, v in mb.items()}, self.train)
+            mb = {n: v.to(self.meshes.device) for n, v in mb.items()}
+            l, stats = default_loss(model, mb, self.train, self._token_scale(mb["labels"]))
             (l / len(chunks)).backward()
             loss, lm = loss + l.detach() / len(chunks), lm + stats["lm"] / len(chunks)
             rc = stats.get("router_counts")
@@ -110,6 +112,7 @@ class DistRun:
         first, last = any(s.first for s in stages), any(s.last for s in stages)
         losses: list[torch.Tensor] = []
         self.schedule.nanoseek_loss.lm.clear()
+        self.schedule.nanoseek_loss.norm = self._global_tokens(labels) / (n * self.cfg.dp)
         args: tuple = ()
         if first:  # packed batches: positions and document ids travel with the activations
             args = (ids,) if "doc_ids" not in batch else (ids, self._meta(batch, ids))
@@ -133,6 +136,18 @@ class DistRun:
         return float(stats[0] + stats[2]), float(stats[1]), counts
 
 
+    def _global_tokens(self, labels: torch.Tensor) -> torch.Tensor:
+        """(1+D,) float: tokens with a target for the main and each MTP loss, summed over the dp group."""
+        n = token_counts(labels, self.model_cfg.num_nextn_predict_layers)
+        dist.all_reduce(n, group=self.meshes.dp.get_group())
+        return n.clamp(min=1)
+
+    def _token_scale(self, labels: torch.Tensor) -> torch.Tensor:
+        """local tokens × dp / global tokens per loss term (model.loss.model_loss `scale`): the average
+        over dp ranks of the scaled token means is the token mean of the global micro-batch."""
+        local = token_counts(labels, self.model_cfg.num_nextn_predict_layers)
+        return local * self.cfg.dp / self._global_tokens(labels)
+
     @staticmethod
     def _meta(batch: dict, ids: torch.Tensor) -> torch.Tensor:
         """(B,2,S) long: position_ids (restarting per document) and doc_ids of a packed batch."""
@@ -141,6 +156,12 @@ class DistRun:
         if pos is None:
             raise ValueError("a batch with doc_ids needs position_ids too (they restart at each document)")
         return torch.stack([pos.to(ids.device), doc], 1).long()
+
+
+def token_counts(labels: torch.Tensor, depth: int) -> torch.Tensor:
+    """(1+D,) float: positions with a target for the main loss and each of D MTP losses."""
+    return torch.stack([(labels != IGNORE).sum()] + [(mtp_labels(labels, k) != IGNORE).sum()
+                                                     for k in range(1, depth + 1)]).float()
 
 
 def _all_moe_ids(cfg: ModelConfig) -> list[int]:
@@ -238,7 +259,8 @@ def local_batch(batch: dict, meshes: Meshes) -> dict:
 def synthetic_batch(step: int, batch: int, seq: int, vocab: int, seed: int = 0, docs: int = 1) -> dict:
     """Deterministic random tokens (the same on every rank): input_ids and next-token labels (B,S).
     docs > 1 packs each row as up to `docs` documents at random boundaries: adds doc_ids and
-    position_ids (restarting per document), as the pretraining loader's packed batches have."""
+    position_ids (restarting per document) and label -100 at each document's last token, as the
+    pretraining loader's packed batches have (so ranks see unequal numbers of targets)."""
     g = torch.Generator().manual_seed(seed * 100003 + step)
     x = torch.randint(0, vocab, (batch, seq + 1), generator=g)
     out = {"input_ids": x[:, :-1].contiguous(), "labels": x[:, 1:].contiguous()}
@@ -248,6 +270,7 @@ def synthetic_batch(step: int, batch: int, seq: int, vocab: int, seed: int = 0, 
         doc = starts.long().cumsum(1) - 1  # (B,S) 0, 0, 1, 1, 1, 2, ...
         first = torch.zeros_like(doc).scatter_reduce(1, doc, torch.arange(seq).expand(batch, seq), "amin", include_self=False)
         out.update(doc_ids=doc, position_ids=torch.arange(seq) - first.gather(1, doc))
+        out["labels"][:, :-1][starts[:, 1:]] = -100  # no target at a document's last token, as the packer does
     return out
 
 

@@ -56,13 +56,20 @@ class LossParts:
 
 
 def model_loss(model: DeepSeekV3, out: ModelOutput, labels: torch.Tensor, mtp_weight: float = 0.3,
-               balance_alpha: float = 0.0, chunk: int = 0) -> LossParts:
-    """L = L_main + λ/D Σ_k L_MTP^k + α L_Bal. `out` must come from forward(compute_logits=False, mtp=True)."""
+               balance_alpha: float = 0.0, chunk: int = 0, scale: torch.Tensor | None = None) -> LossParts:
+    """L = L_main + λ/D Σ_k L_MTP^k + α L_Bal. `out` must come from forward(compute_logits=False, mtp=True).
+
+    scale (1 + D,): multiplies the main and each MTP cross-entropy (token means of this batch). Data
+    parallelism passes local_tokens × dp / global_tokens, so that the average over ranks is the token
+    mean of the global batch, as one process computes it (dist.run.token_scale)."""
+    sc = (lambda i: scale[i]) if scale is not None else (lambda i: 1.0)
     lm = cross_entropy(model, out.hidden, labels, chunk) if out.logits is None else \
         F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+    lm = lm * sc(0)
     total, mtp = lm, None
     if out.mtp_hidden:
-        mtp = sum(cross_entropy(model, h, mtp_labels(labels, k), chunk) for k, h in enumerate(out.mtp_hidden, 1)) / len(out.mtp_hidden)
+        mtp = sum(cross_entropy(model, h, mtp_labels(labels, k), chunk) * sc(k)
+                  for k, h in enumerate(out.mtp_hidden, 1)) / len(out.mtp_hidden)
         total = total + mtp_weight * mtp
     bal = out.balance_loss
     if bal is not None and balance_alpha > 0:

@@ -28,11 +28,12 @@ from .optim import build_optimizer, lr_at, micro_batches_at
 LossFn = Callable[[DeepSeekV3, dict, TrainConfig], tuple[torch.Tensor, dict]]
 
 
-def default_loss(model: DeepSeekV3, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
-    """Next-token CE + λ·MTP + α·balance on a packed batch (input_ids, labels, position_ids, doc_ids)."""
+def default_loss(model: DeepSeekV3, batch: dict, cfg: TrainConfig, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Next-token CE + λ·MTP + α·balance on a packed batch (input_ids, labels, position_ids, doc_ids).
+    scale: see model.loss.model_loss (data-parallel token weighting)."""
     out = model(batch["input_ids"], position_ids=batch.get("position_ids"), doc_ids=batch.get("doc_ids"),
                 compute_logits=False, mtp=cfg.mtp_weight > 0)
-    parts = model_loss(model, out, batch["labels"], cfg.mtp_weight, cfg.balance_alpha, cfg.ce_chunk)
+    parts = model_loss(model, out, batch["labels"], cfg.mtp_weight, cfg.balance_alpha, cfg.ce_chunk, scale)
     stats = {"lm": parts.lm, "router_counts": out.router_counts}
     if parts.mtp is not None:
         stats["mtp"] = parts.mtp
