@@ -21,10 +21,11 @@ import torch
 import torch.multiprocessing as mp
 
 K, BATCH, SEQ, VOCAB, TOL = 3, 8, 16, 256, 1e-5
-# Per-tensor gradient tolerance. Packed rows with -100 at document ends give ranks unequal target
-# counts (token-weighted losses); then the largest per-tensor error seen was 1.95e-5 (PP2×DP2×EP2
-# DualPipeV, layers.0.mlp.down_proj), every other layout <= 5.7e-6, and losses / grad norms < 4e-7.
-# With equal counts all layouts were within 2.3e-6. Not yet explained; kept visible, not hidden.
+# Per-tensor gradient tolerance after K AdamW steps. Adam moves every weight by about ±lr whatever
+# its gradient's size, so fp32 rounding in near-zero gradient elements becomes a parameter
+# difference that later gradients inherit: up to 2.2e-5 on layers.0.mlp.down_proj under PP×DP with
+# packed rows (unequal targets per rank), while losses and grad norms stay < 4e-7. With lr = 0 (no
+# drift) the same layouts agree within 5.3e-7, which "PP2xDP2xEP2 DualPipeV lr0" checks at TOL.
 GRAD_TOL = 3e-5
 DOCS = 4  # packed rows of up to 4 documents: every layout must keep attention inside each document
 
@@ -57,11 +58,11 @@ def _init(rank: int, world: int, port: int, timeout: float = 60.0) -> None:
     init_distributed(timeout)
 
 
-def _configs(**train_kw):
+def _configs(lr: float = 1e-3, **train_kw):
     from nanoseek.train.config import OptimConfig, TrainConfig
 
     return (TrainConfig(steps=10, batch_size=BATCH, seed=0, device="cpu", **train_kw),
-            OptimConfig(lr=1e-3, warmup_steps=0, schedule="constant"))
+            OptimConfig(lr=lr, warmup_steps=0, schedule="constant"))
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -74,12 +75,12 @@ def micro_batches(b: dict, k: int, dp: int) -> list[dict]:
     return [{n: torch.cat([v.chunk(dp)[r].chunk(k)[j] for r in range(dp)]) for n, v in b.items()} for j in range(k)]
 
 
-def reference(train_kw: dict, dp: int) -> dict:
+def reference(train_kw: dict, dp: int, lr: float) -> dict:
     """Single-process Trainer: per-step losses / grad norms, then the gradients of step K+1."""
     from nanoseek.model import DeepSeekV3
     from nanoseek.train.trainer import Trainer, default_loss
 
-    train, optim = _configs(**train_kw)
+    train, optim = _configs(lr, **train_kw)
     torch.manual_seed(0)
     model = DeepSeekV3(tiny_cfg())
     k = train.grad_accum
@@ -96,7 +97,7 @@ def reference(train_kw: dict, dp: int) -> dict:
 _REFS: dict[str, dict] = {}  # per process: reference runs by train settings
 
 
-def check_layout(layout: dict, train_kw: dict | None = None) -> dict:
+def check_layout(layout: dict, train_kw: dict | None = None, lr: float = 1e-3) -> dict:
     """Run K steps + one forward/backward under `layout`; report the worst deviations from the reference."""
     from torch.distributed.tensor import DTensor
 
@@ -107,11 +108,11 @@ def check_layout(layout: dict, train_kw: dict | None = None) -> dict:
 
     train_kw = train_kw or {}
     dp = dist.get_world_size() // layout.get("pp", 1)
-    key = json.dumps([train_kw, dp], sort_keys=True)
+    key = json.dumps([train_kw, dp, lr], sort_keys=True)
     if key not in _REFS:
-        _REFS[key] = reference(train_kw, dp)
+        _REFS[key] = reference(train_kw, dp, lr)
     ref = _REFS[key]
-    train, optim = _configs(**train_kw)
+    train, optim = _configs(lr, **train_kw)
     run = setup(tiny_cfg(), ParallelConfig(**layout), train, optim)
     t = time.perf_counter()
     steps = [run.train_step(local_batch(batch_at(s), run.meshes)) for s in range(K)]
@@ -168,6 +169,8 @@ def worker4(rank: int, port: int, out: str) -> None:
         export_hf(os.path.join(out, "ckpt"), os.path.join(out, "hf"))
     _record(rank, out, "after_save", _continue(run, 2))
     _record(rank, out, "PP2xDP2xEP2 DualPipeV", check_layout({"pp": 2, "ep": 2, "pp_schedule": "DualPipeV", "microbatches": 4}))
+    _record(rank, out, "PP2xDP2xEP2 DualPipeV lr0",
+            check_layout({"pp": 2, "ep": 2, "pp_schedule": "DualPipeV", "microbatches": 4}, lr=0.0))
     dist.barrier()
     dist.destroy_process_group()
 
@@ -217,7 +220,7 @@ def results(tmp_path_factory):
     return res, "\n".join(errors)
 
 
-NAMES = ["EP2xDP4 grad-accum 2", "PP2xDP2xEP2 DualPipeV", "DP2 FSDP2", "EP2", "PP2 1F1B", "PP2 DualPipeV"]
+NAMES = ["EP2xDP4 grad-accum 2", "PP2xDP2xEP2 DualPipeV", "PP2xDP2xEP2 DualPipeV lr0", "DP2 FSDP2", "EP2", "PP2 1F1B", "PP2 DualPipeV"]
 
 
 def _get(results, name):
@@ -231,7 +234,8 @@ def test_layout_matches_single_process(results, name):
     r = _get(results, name)
     assert not r["missing_grads"], f"{name}: parameters without gradient: {r['missing_grads'][:5]}"
     assert r["loss"] < TOL and r["grad_norm"] < TOL, f"{name}: losses/grad norms differ: {r}"
-    assert r["worst_grad"] < GRAD_TOL, f"{name}: gradient of {r['worst_param']} differs by {r['worst_grad']:.2e} relative"
+    tol = TOL if name.endswith("lr0") else GRAD_TOL
+    assert r["worst_grad"] < tol, f"{name}: gradient of {r['worst_param']} differs by {r['worst_grad']:.2e} relative"
 
 
 def test_checkpoint_saved_at_4_ranks_loads_at_2(results):
