@@ -91,9 +91,9 @@ class Stage(nn.Module):
         pos = meta[:, 0] if meta is not None else torch.arange(S, device=x.device).expand(B, S)
         doc = meta[:, 1] if meta is not None else None
         cos, sin = self.model.rotary(pos)
-        h = x
+        h, mask = x, self._mask(doc)  # built once per forward, shared by this stage's layers
         for layer in self.model.layers.values():
-            h = layer(h, cos, sin, self._mask(doc))
+            h = layer(h, cos, sin, mask)
         if not self.last:  # outputs leave as new tensors, never as this stage's own inputs (torch 2.11's V
             # schedules fail on an output that is an input leaf: "does not require grad")
             out = (h, e if self.first else e.clone()) if self.use_mtp else (h,)

@@ -136,9 +136,9 @@ class DistRun:
         return float(stats[0] + stats[2]), float(stats[1]), counts
 
 
-    def _global_tokens(self, labels: torch.Tensor) -> torch.Tensor:
+    def _global_tokens(self, labels: torch.Tensor, local: torch.Tensor | None = None) -> torch.Tensor:
         """(1+D,) float: tokens with a target for the main and each MTP loss, summed over the dp group."""
-        n = token_counts(labels, self.model_cfg.num_nextn_predict_layers)
+        n = token_counts(labels, self.model_cfg.num_nextn_predict_layers) if local is None else local.clone()
         dist.all_reduce(n, group=self.meshes.dp.get_group())
         return n.clamp(min=1)
 
@@ -146,7 +146,7 @@ class DistRun:
         """local tokens × dp / global tokens per loss term (model.loss.model_loss `scale`): the average
         over dp ranks of the scaled token means is the token mean of the global micro-batch."""
         local = token_counts(labels, self.model_cfg.num_nextn_predict_layers)
-        return local * self.cfg.dp / self._global_tokens(labels)
+        return local * self.cfg.dp / self._global_tokens(labels, local)
 
     @staticmethod
     def _meta(batch: dict, ids: torch.Tensor) -> torch.Tensor:

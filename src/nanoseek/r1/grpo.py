@@ -31,7 +31,7 @@ from ..model import DeepSeekV3, update_router_bias
 from ..model.config import ConfigError
 from ..model.hf import CheckpointError, save_pretrained
 from ..train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from ..train.config import OptimConfig, from_dict, load_config, parse_overrides
+from ..train.config import OptimConfig, cli_overrides, from_dict, load_config
 from ..train.metrics import MetricsLogger, fmt_duration
 from ..train.optim import build_optimizer, lr_at
 from .objective import filter_zero_std_groups, group_advantages, grpo_loss, mask_truncated
@@ -570,11 +570,7 @@ def rl_cli(argv: list[str], kind: str, cfg_cls, runner) -> int:
     ap.add_argument("--out", default=None, help="run directory")
     ap.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     args, rest = ap.parse_known_args(argv)
-    over = parse_overrides(rest)
-    if args.init:
-        over["init"] = args.init
-    if args.out:
-        over["out_dir"] = args.out
+    over = cli_overrides(rest, args.init, args.out)
     cfg = load_config(cfg_cls, "grpo", args.config, over)
     if not cfg.init:
         raise ConfigError("init: give --init RUN_OR_MODEL_DIR (a pretraining or SFT run)")

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..model.config import ConfigError
 from ..train.checkpoint import list_checkpoints
-from ..train.config import deep_merge, from_dict, load_config, parse_overrides
+from ..train.config import cli_overrides, deep_merge, from_dict, load_config
 
 STAGES = ("cold_start_sft", "reasoning_rl", "rejection_sft", "final_rl")
 
@@ -333,10 +333,6 @@ def main_r1(argv: list[str]) -> int:
     ap.add_argument("--init", default=None, help="pretrained run or model directory (skips the preset's pretraining)")
     ap.add_argument("--out", default=None, help="run directory")
     args, rest = ap.parse_known_args(argv)
-    over = parse_overrides(rest)
-    if args.init:
-        over["init"] = args.init
-    if args.out:
-        over["out_dir"] = args.out
+    over = cli_overrides(rest, args.init, args.out)
     run_r1(load_config(R1Config, "r1", args.config, over))
     return 0

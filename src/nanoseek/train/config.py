@@ -182,3 +182,13 @@ def load_config(cls, kind: str, config: str | None, overrides: dict[str, Any]):
     if bad:
         raise ConfigError(f"unknown key {bad[0]!r}; known top-level keys: {', '.join(sorted(known))}")
     return cls(**merged)
+
+
+def cli_overrides(rest: list[str], init: str | None = None, out: str | None = None) -> dict[str, Any]:
+    """Dotted overrides from the command line plus the usual --init / --out flags (when given)."""
+    over = parse_overrides(rest)
+    if init:
+        over["init"] = init
+    if out:
+        over["out_dir"] = out
+    return over
