@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
+from ..kernels.permute import inverse_permutation, moe_permute, moe_unpermute
 from ..model.moe import GroupedExperts, RouterOutput, _grouped_mm, expert_counts, experts_grouped, experts_loop
 
 
@@ -68,7 +69,8 @@ class EPExperts(GroupedExperts):
         dist.all_to_all_single(recv, counts, group=self.group)
         send_splits = counts.view(ep, El).sum(1).tolist()  # one host sync per layer (dropless sizes)
         recv_splits = recv.view(ep, El).sum(1).tolist()
-        xs = all_to_all(x[order // K], recv_splits, send_splits, self.group)  # (R, d), by source rank
+        inv = inverse_permutation(order).view(T, K)  # row of pair (t, k) in `order`
+        xs = all_to_all(moe_permute(x, order, inv), recv_splits, send_splits, self.group)  # (R, d), by source rank
         # Local expert id of each received row, then the model's own expert kernel (sorts by expert).
         eid = torch.arange(El, device=x.device).repeat(ep).repeat_interleave(recv)  # (R,)
         w13, w2 = _local(self.gate_up_proj), _local(self.down_proj)  # (El, 2I, d), (El, d, I)
@@ -78,10 +80,8 @@ class EPExperts(GroupedExperts):
         else:  # nothing routed here: keep xs and the weights in the graph so every rank runs the same
             ys = xs * 0 + (w13.sum() + w2.sum()) * 0  # backward collectives (all-to-all, FSDP reduce-scatter)
         yb = all_to_all(ys, send_splits, recv_splits, self.group)  # (T·K, d) in `order` order
-        y = torch.empty_like(yb)
-        y = y.index_copy(0, order, yb).view(T, K, -1)  # back to (token, slot); index_copy is differentiable
-        out = (y.float() * r.weights[..., None]).sum(1).to(x.dtype)
-        return out, counts
+        # back to (token, slot), weighted, summed over K in fp32 (fused on CUDA, no atomics)
+        return moe_unpermute(yb, r.weights, inv, x.dtype), counts
 
 
 def _local(p: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ dr = qk_rope_head_dim, dv = v_head_dim, dc = kv_lora_rank.
 Two ways to compute the same attention:
 - naive (training / prefill): expand the latent through kv_b_proj into per-head keys and values,
   then `F.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU) or the eager
-  reference `attention_ref`;
+  reference `attention_ref`; without a cache (`dense`) RoPE is fused into the q / k assembly;
 - absorbed (decode): fold W_UK into the query and W_UV into the output so scores and outputs are
   taken directly against the cached latent c_kv (dc) and the shared rope key k_pe (dr): one SDPA
   call with a single shared KV head of dim dc+dr (MQA). The generation step runs it with static
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.rope import rope_k, rope_q
 from .config import ModelConfig
 from .norm import RMSNorm
 from .rope import apply_rope
@@ -85,17 +86,26 @@ class MLA(nn.Module):
         self.impl = "sdpa"  # "sdpa" | "eager"
 
     # ---- projections -------------------------------------------------------------------
-    def query(self, x, cos, sin):
-        """x (B,S,d) -> q_nope (B,S,H,dn), q_pe (B,S,H,dr) with RoPE applied."""
+    def q_heads(self, x):
+        """x (B,S,d) -> q (B,S,H,dn+dr) = [q_nope | q_pe] per head, before RoPE."""
         B, S, _ = x.shape
         q = self.q_proj(x) if self.cfg.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
-        q_nope, q_pe = q.view(B, S, self.n_heads, self.dn + self.dr).split([self.dn, self.dr], dim=-1)
+        return q.view(B, S, self.n_heads, self.dn + self.dr)
+
+    def kv_latent(self, x):
+        """x (B,S,d) -> c_kv (B,S,dc) after kv norm, k_pe (B,S,dr) before RoPE (a strided view)."""
+        c, k_pe = self.kv_a_proj_with_mqa(x).split([self.dc, self.dr], dim=-1)
+        return self.kv_a_layernorm(c), k_pe
+
+    def query(self, x, cos, sin):
+        """x (B,S,d) -> q_nope (B,S,H,dn), q_pe (B,S,H,dr) with RoPE applied."""
+        q_nope, q_pe = self.q_heads(x).split([self.dn, self.dr], dim=-1)
         return q_nope, apply_rope(q_pe, cos, sin)
 
     def latent(self, x, cos, sin):
         """x (B,S,d) -> c_kv (B,S,dc) after kv norm, k_pe (B,S,dr) after RoPE: what the cache holds."""
-        c, k_pe = self.kv_a_proj_with_mqa(x).split([self.dc, self.dr], dim=-1)
-        return self.kv_a_layernorm(c), apply_rope(k_pe[:, :, None], cos, sin)[:, :, 0]
+        c_kv, k_pe = self.kv_latent(x)
+        return c_kv, apply_rope(k_pe[:, :, None], cos, sin)[:, :, 0]
 
     def _w_kvb(self):
         # kv_b_proj rows are per head: (H, dn + dv, dc) with k_nope rows first, then v
@@ -109,10 +119,10 @@ class MLA(nn.Module):
         mode (`cache.static`, the CUDA-graph decode step) the token is written at the device index
         `cache.write_pos` and attends over the whole buffer under `cache.key_mask` (B,max_len).
         """
+        if cache is None:
+            return self.o_proj(self.dense(x, cos, sin, mask))
         q_nope, q_pe = self.query(x, cos, sin)
         c_kv, k_pe = self.latent(x, cos, sin)
-        if cache is None:
-            return self.o_proj(self.naive(q_nope, q_pe, c_kv, k_pe, mask))
         kv = cache.update(self.layer_idx, c_kv, k_pe, start)  # (B,T,dc+dr) = [c_kv | k_pe]
         if x.shape[1] == 1:
             if cache.static:
@@ -121,15 +131,32 @@ class MLA(nn.Module):
         c_kv, k_pe = kv.split([self.dc, self.dr], dim=-1)
         return self.o_proj(self.naive(q_nope, q_pe, c_kv, k_pe, mask))
 
+    def dense(self, x, cos, sin, mask):
+        """The naive path without a cache (training, cache-less prefill). RoPE is applied while
+        q and k are assembled (`kernels.rope`: one fused pass each on CUDA, else rotate + cat).
+        Returns (B,S,H*dv)."""
+        B, S, _ = x.shape
+        q = rope_q(self.q_heads(x), cos, sin, self.dn)  # (B,S,H,dn+dr)
+        c_kv, k_pe = self.kv_latent(x)
+        k_nope, v = self.kv_b_proj(c_kv).view(B, S, self.n_heads, self.dn + self.dv).split([self.dn, self.dv], dim=-1)
+        k = rope_k(k_nope, k_pe, cos, sin)  # (B,S,H,dn+dr), k_pe shared by the heads
+        return self._attend(q, k, v, mask)
+
     def naive(self, q_nope, q_pe, c_kv, k_pe, mask):
-        """Expand the latent into per-head K (dn+dr) and V (dv), then attend. Returns (B,S,H*dv)."""
+        """Expand the latent into per-head K (dn+dr) and V (dv), then attend. Returns (B,S,H*dv).
+        q_pe, k_pe already rotated (k_pe from the cache)."""
         B, S, H, _ = q_nope.shape
         T = c_kv.shape[1]
         k_nope, v = self.kv_b_proj(c_kv).view(B, T, H, self.dn + self.dv).split([self.dn, self.dv], dim=-1)
-        q = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)  # (B,H,S,dn+dr)
-        k = torch.cat([k_nope, k_pe[:, :, None].expand(B, T, H, self.dr)], dim=-1).transpose(1, 2)
+        q = torch.cat([q_nope, q_pe], dim=-1)  # (B,S,H,dn+dr)
+        k = torch.cat([k_nope, k_pe[:, :, None].expand(B, T, H, self.dr)], dim=-1)
+        return self._attend(q, k, v, mask)
+
+    def _attend(self, q, k, v, mask):
+        """q (B,S,H,dn+dr), k (B,T,H,dn+dr), v (B,T,H,dv) -> (B,S,H*dv)."""
+        B, S, H, _ = q.shape
         attn = attention_ref if self.impl == "eager" else attention_sdpa
-        o = attn(q, k, v.transpose(1, 2), mask, self.scale)  # (B,H,S,dv)
+        o = attn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale)  # (B,H,S,dv)
         return o.transpose(1, 2).reshape(B, S, H * self.dv)
 
     def absorbed(self, q_nope, q_pe, kv, mask):

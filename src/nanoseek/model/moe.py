@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.permute import inverse_permutation, moe_permute, moe_unpermute
 from ..kernels.swiglu import swiglu_cat
 from .config import ModelConfig
 from .fp32buffers import KeepFP32Buffers
@@ -104,20 +105,20 @@ def _swiglu(h: torch.Tensor) -> torch.Tensor:
 
 
 def experts_grouped(x, idx, w, w13, w2):
-    """Sort (token, expert) pairs by expert, then two grouped GEMMs over the contiguous slices."""
+    """Sort (token, expert) pairs by expert, then two grouped GEMMs over the contiguous slices.
+
+    Permute (x[order // K]) and unpermute (weighted sum of each token's K rows in fp32, no
+    atomics) are `kernels.permute`: one fused Triton pass each way on CUDA."""
     T, K = idx.shape
     flat = idx.reshape(-1)  # (T*K,)
     order = flat.argsort(stable=True)
     counts = expert_counts(flat, w13.shape[0])
     offs = counts.cumsum(0).to(torch.int32)  # group end offsets
-    xs = x[order // K]  # (T*K, d) rows grouped by expert
+    inv = inverse_permutation(order).view(T, K)  # inv[t, k] = row of pair (t, k) in expert order
+    xs = moe_permute(x, order, inv)  # (T*K, d) rows grouped by expert
     h = _grouped_mm(xs, w13.transpose(1, 2), offs=offs)  # (T*K, 2I)
     ys = _grouped_mm(_swiglu(h), w2.transpose(1, 2), offs=offs)  # (T*K, d)
-    inv = torch.empty_like(order)
-    inv[order] = torch.arange(order.numel(), device=order.device)
-    y = ys[inv].view(T, K, -1)  # back to (token, slot) order: a deterministic weighted sum, no atomics
-    out = (y.float() * w[..., None]).sum(1).to(x.dtype)
-    return out, counts
+    return moe_unpermute(ys, w, inv, x.dtype), counts
 
 
 def experts_loop(x, idx, w, w13, w2):

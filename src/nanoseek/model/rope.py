@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from ..kernels.rope import rope_ref
 from .config import ModelConfig
 from .fp32buffers import KeepFP32Buffers
 
@@ -51,7 +52,9 @@ class RotaryEmbedding(KeepFP32Buffers):
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, S, H, d_r) interleaved pairs; cos/sin (B, S, d_r/2) -> rotated, de-interleaved, x.dtype."""
-    cos, sin = cos[:, :, None].to(x.dtype), sin[:, :, None].to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    """x (B, S, H, d_r) interleaved pairs; cos/sin (B, S, d_r/2) -> rotated, de-interleaved, x.dtype.
+
+    The math lives in kernels.rope.rope_ref, the oracle of the fused RoPE + q/k assembly kernels
+    (`rope_q` / `rope_k`, which the training path of MLA calls instead).
+    """
+    return rope_ref(x, cos, sin)
