@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device call 4 (H100, torch 2.11, triton 3.6), run from the repo root; results under $OUT.
 #   (a) GPU tests of the fused kernels, FP8 and the model   -> tests.txt (short), tests_full.txt
-#   (b) fused RMSNorm/SwiGLU vs eager (no torch.compile)     -> bench_kernels.{txt,json}
+#   (b) fused RMSNorm/SwiGLU/RoPE/MoE permute vs eager (no torch.compile)     -> bench_kernels.{txt,json}
 #   (c) end-to-end step FP8 vs BF16, GEMM-heavy preset       -> bench_fp8_train.{txt,json} (issue #4 point 7)
 #   (d) pretraining step, flex vs flex_fused                 -> bench_pretrain.{txt,json}
 #   (e) bench_kernels again with the torch.compile column    -> bench_kernels_compile.{txt,json} (last: optional)
@@ -21,7 +21,7 @@ $T 10 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.used,memory.tot
 
 # (a) GPU tests, 120 s. The [interp] kernel tests (Triton's CPU interpreter) already pass on CPU: skipped here.
 $T 120 python3 -m pytest -q --tb=short -p no:warnings -p no:cacheprovider -rfEs \
-  tests/test_kernels.py tests/test_fp8_gpu.py tests/test_model_gpu.py -k "not test_triton_interpreter" \
+  tests/test_kernels.py tests/test_kernels_fused2.py tests/test_fp8_gpu.py tests/test_model_gpu.py -k "not test_triton_interpreter and not interp" \
   > "$OUT/tests_full.txt" 2>&1
 echo "pytest rc=$?" >> "$OUT/tests_full.txt"
 grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed|error|rc=" "$OUT/tests_full.txt" | tail -30 | tee "$OUT/tests.txt"
@@ -37,7 +37,7 @@ $T 180 python3 bench/bench_fp8_train.py --preset gemm --steps 30 --warmup 5 --ba
   --precisions bf16,fp8,bf16 --out "$OUT/bench_fp8_train.json" 2>&1 \
   | grep -v -i warn | tail -30 | tee "$OUT/bench_fp8_train.txt"
 
-# (d) pretraining step on the small preset, flex vs flex + fused Triton RMSNorm/SwiGLU, 150 s
+# (d) pretraining step on the small preset, flex vs flex + all fused Triton kernels, 150 s
 $T 150 python3 bench/bench_pretrain.py --preset small --steps 4 --variants flex,flex_fused \
   --out "$OUT/bench_pretrain.json" 2>&1 | grep -v -i warn | grep -E "^\||nanoseek|error|Error" | tail -20 \
   | tee "$OUT/bench_pretrain.txt"

@@ -42,8 +42,8 @@ class OracleTeacher(DeepSeekV3):
     def generate(self, prompts, **kw):
         out = []
         for p in prompts:
-            a, op, b = re.search(r"What is (\d+) ([-+*]) (\d+)\?", self.tok.decode(p)).groups()
-            v = eval(f"{a}{op}{b}")  # noqa: S307 - digits and one operator, from our own generator
+            a, op, b = re.search(r"What is (\d+) ([-+*×]) (\d+)\?", self.tok.decode(p)).groups()
+            v = eval(f"{a}{op.replace('×', '*')}{b}")  # noqa: S307 - digits and one operator, from our own generator
             i = self.count.get(tuple(p), 0)
             self.count[tuple(p)] = i + 1
             text = [f"{a} {op} {b} is {v}</think>\n<answer>{v}</answer>", f"{a} {op} {b} is {v}</think>\n<answer>{v}</answer>",

@@ -13,7 +13,7 @@ from nanoseek.data.tokenizer import apply_chat_template, train_tokenizer
 from nanoseek.model import DeepSeekV3, ModelConfig
 from nanoseek.r1.chat import ThinkStreamer, chat_loop
 from nanoseek.r1.data import builtin_conversations
-from nanoseek.r1.evaluate import evaluate, eval_examples, majority_vote, pass_at_k
+from nanoseek.r1.evaluate import evaluate, eval_examples, format_table, majority_vote, pass_at_k
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ class ScriptedGenerator:
         self.calls.append((len(prompts), kw))
         out = []
         for p in prompts:
-            q = re.search(r"What is \d+ [-+*] \d+\?", self.tok.decode(p)).group()
+            q = re.search(r"What is \d+ [-+*×] \d+\?", self.tok.decode(p)).group()
             i = self.seen.get(q, 0)
             self.seen[q] = i + 1
             out.append(self.tok.encode(self.scripts[q][i % len(self.scripts[q])]))
@@ -87,6 +87,24 @@ def test_evaluate_on_scripted_generator(tok):
     assert res["mean_len"] == pytest.approx(sum(len(tok.encode(s)) for v in gen.scripts.values() for s in v) / 8)
     greedy = evaluate(gen, tok, examples, k=4, greedy=True)
     assert greedy["k"] == 1 and gen.calls[-1][1]["temperature"] == 0.0
+
+
+def test_answer_prior_exposes_a_collapsed_policy(tok):
+    """A policy that answers 0 to everything scores exactly the constant baseline and nothing on
+    the other problems; top_share 1.0 says it gives one answer to all."""
+    examples = [{"prompt": f"What is {a} * {b}?", "answer": str(a * b), "task": "arithmetic", "level": 1}
+                for a, b in [(0, 3), (4, 0), (2, 3), (1, 1)]]
+    zero = ScriptedGenerator(tok, {f"What is {a} * {b}?": ["</think><answer>0</answer>"]
+                                   for a, b in [(0, 3), (4, 0), (2, 3), (1, 1)]})
+    ap = evaluate(zero, tok, examples, k=2)["answer_prior"]
+    assert ap["constant"] == "0" and ap["constant_pass@1"] == 0.5
+    assert ap["pass@1_other"] == 0.0 and ap["top_share"] == 1.0 and ap["distinct"] == 1
+    right = ScriptedGenerator(tok, {f"What is {a} * {b}?": [f"</think><answer>{a * b}</answer>", "no answer"]
+                                    for a, b in [(0, 3), (4, 0), (2, 3), (1, 1)]})
+    res = evaluate(right, tok, examples, k=2)
+    ap = res["answer_prior"]
+    assert ap["pass@1_other"] == 0.5 and ap["distinct"] == 3 and ap["top_share"] == 0.25  # 2 of 8 samples say 0
+    assert "always '0'" in format_table(res) and "pass@1 other answers" in format_table(res)
 
 
 def test_eval_examples_task_and_file(tmp_path):

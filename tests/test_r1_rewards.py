@@ -231,3 +231,13 @@ def test_reward_that_raises_scores_zero_and_is_reported(caplog):
 def test_missing_column_is_an_error_not_a_crash():
     total, info = combine_rewards(["accuracy"], [wrap("1")])  # no answer column
     assert total == [0.0] and info["errors"]["accuracy"] == 1
+
+
+def test_digit_match_partial_credit_by_position():
+    f = get_reward("digit_match")
+    c = lambda x: f"<think>w</think><answer>{x}</answer>"  # noqa: E731
+    got = f([c("12"), c("13"), c("2"), c("-12"), c("012"), c("abc"), c("1,000"), c("-3"), c("-4"), c("3"), "no tags"],
+            answer=["12", "12", "12", "12", "12", "12", "1000", "-3", "-3", "-3", "5"])
+    # ones digit right only: 1/2; missing tens digit: 1/2; wrong sign: 2 of 3 positions (sign + 2 digits)
+    assert got == [1.0, 0.5, 0.5, pytest.approx(2 / 3), 1.0, 0.0, 1.0, 1.0, 0.5, 0.5, 0.0]
+    assert f([c("3/4")], answer=["3/4"]) == [0.0]  # not an integer: use accuracy for those

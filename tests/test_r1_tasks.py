@@ -42,16 +42,16 @@ def test_eval_disjoint_from_train(task, level):
 def _key(e):
     if e["task"] == "countdown":
         return f"{sorted(e['numbers'])}={e['target']}"
-    a, op, b = re.search(r"What is (\d+) ([-+*]) (\d+)\?", e["prompt"]).groups()
-    return f"{a}{op}{b}"
+    a, op, b = re.search(r"What is (\d+) ([-+×]) (\d+)\?", e["prompt"]).groups()
+    return f"{a}{op.replace('×', '*')}{b}"  # the held-out key keeps the ASCII op
 
 
 def test_arithmetic_answers_and_levels():
     for e in train_set("arithmetic", 200, [1, 2, 3], seed=0):
-        a, op, b = re.search(r"What is (\d+) ([-+*]) (\d+)\?", e["prompt"]).groups()
+        a, op, b = re.search(r"What is (\d+) ([-+×]) (\d+)\?", e["prompt"]).groups()
         assert len(a) == len(b) == e["level"]
         assert int(e["answer"]) == {"+": int(a) + int(b), "-": int(a) - int(b),
-                                    "*": int(a) * int(b)}[op]
+                                    "×": int(a) * int(b)}[op]  # × as the corpus writes it
     assert {e["level"] for e in train_set("arithmetic", 100, [1, 2, 3])} == {1, 2, 3}
     assert eval_set("arithmetic", 1000, 1)  # tiny space: returns what exists, does not hang
 

@@ -21,7 +21,7 @@ from nanoseek.data.tokenizer import apply_chat_template
 
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 _PLACES = ["ones", "tens", "hundreds", "thousands", "ten-thousands", "hundred-thousands", "millions"]
-_OP_WORD = {"+": "+", "-": "-", "*": "×"}
+OP_SYMBOL = {"+": "+", "-": "-", "*": "×"}  # how questions and worked solutions write each op
 _QUESTIONS = ["What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Calculate {a} {op} {b}.",
               "Work out {a} {op} {b} step by step.", "{a} {op} {b} = ?"]
 
@@ -137,15 +137,15 @@ def arithmetic_problem(rng: random.Random, digits: int, op: str) -> tuple[str, s
     worked_solution is the reasoning text (put inside <think>); its last line states the result.
     answer is the exact integer as a string, e.g. "-1234".
     """
-    if op not in _OP_WORD:
+    if op not in OP_SYMBOL:
         raise ValueError(f"op must be one of + - *, got {op!r}")
     a, b = _rand_int(rng, digits), _rand_int(rng, rng.randint(1, digits))
     if rng.random() < 0.5 and op != "-":
         a, b = b, a  # the longer operand is not always first
-    question = rng.choice(_QUESTIONS).format(a=a, op=_OP_WORD[op], b=b)
+    question = rng.choice(_QUESTIONS).format(a=a, op=OP_SYMBOL[op], b=b)
     steps = {"+": _add_steps, "-": _sub_steps, "*": _mul_steps}[op](a, b)
     answer = {"+": a + b, "-": a - b, "*": a * b}[op]
-    steps.append(f"So {a} {_OP_WORD[op]} {b} = {answer}.")
+    steps.append(f"So {a} {OP_SYMBOL[op]} {b} = {answer}.")
     return question, "\n".join(steps), str(answer)
 
 

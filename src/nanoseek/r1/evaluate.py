@@ -174,6 +174,29 @@ def majority_vote(completions: list[str], correct: list[float]) -> tuple[str | N
     return best, any(ok > 0 for a, ok in zip(keys, correct) if a == best)
 
 
+def answer_prior(examples: list[dict], completions: list[str], p1: list[float]) -> dict:
+    """What a collapsed policy could score, next to what this one does (R1.md §5-§7).
+
+    constant: the single answer most of these problems share and the pass@1 that always giving
+    it would score (on 1-digit arithmetic, `0` scores ~0.1-0.35); pass@1_other: pass@1 on the
+    problems whose answer is NOT that one, i.e. what the model solves beyond the prior.
+    top_share: how often the model's single most frequent extracted answer appears among all its
+    samples (1.0 = it says the same thing to every problem); distinct: distinct answers given.
+    Tasks without a plain `answer` (countdown) report only the model side.
+    """
+    keys = [extract_answer(c) for c in completions]
+    keys = [normalize_answer(a) for a in keys if a is not None]
+    out: dict = {"distinct": len(set(keys)), "top_share": Counter(keys).most_common(1)[0][1] / len(completions)
+                 if keys else 0.0}
+    gold = [normalize_answer(str(ex["answer"])) for ex in examples if "answer" in ex and "numbers" not in ex]
+    if len(gold) == len(examples):
+        const, c = Counter(gold).most_common(1)[0]
+        other = [v for g, v in zip(gold, p1) if g != const]
+        out.update({"constant": const, "constant_pass@1": c / len(examples),
+                    "pass@1_other": sum(other) / len(other) if other else None})
+    return out
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 
@@ -202,7 +225,8 @@ def evaluate(model, tok: Tokenizer, examples: list[dict], k: int = 4, temperatur
            "format_rate": mean(fmt), "mean_len": mean([len(o) for o in s["completion_ids"]]),
            "truncated_frac": mean(s["truncated"]), "by_level": {lv: mean(v) for lv, v in sorted(by_level.items())},
            "sampling": {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
-                        "greedy": greedy, "seed": seed, "prompt_format": prompt_format}}
+                        "greedy": greedy, "seed": seed, "prompt_format": prompt_format},
+           "answer_prior": answer_prior(examples, s["completions"], p1)}
     if return_samples:
         out["samples"] = [{"prompt": examples[i]["prompt"], "answer": examples[i]["answer"], "completion": c,
                            "correct": a, "format": f} for i, c, a, f in zip(s["index"], s["completions"], acc, fmt)]
@@ -234,6 +258,13 @@ def format_table(res: dict, title: str = "") -> str:
             (f"pass@{k}", f"{100 * res['pass@k']:.1f}%"), (f"cons@{k}", f"{100 * res['cons@k']:.1f}%"),
             ("format rate", f"{100 * res['format_rate']:.1f}%"), ("mean length", f"{res['mean_len']:.1f} tok"),
             ("truncated", f"{100 * res['truncated_frac']:.1f}%")]
+    ap = res.get("answer_prior") or {}
+    if "constant" in ap:
+        other = ap["pass@1_other"]
+        rows += [(f"always '{ap['constant']}'", f"{100 * ap['constant_pass@1']:.1f}%"),
+                 ("pass@1 other answers", "n/a" if other is None else f"{100 * other:.1f}%")]
+    if ap:
+        rows += [("top answer share", f"{100 * ap['top_share']:.1f}%")]
     rows += [(f"pass@1 level {lv}", f"{100 * v:.1f}%") for lv, v in res.get("by_level", {}).items() if len(res["by_level"]) > 1]
     w = max(len(r[0]) for r in rows)
     lines = [title] if title else []

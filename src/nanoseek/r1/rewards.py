@@ -508,6 +508,36 @@ def accuracy(completions: list[str], answer: list[str] | None = None,
             for p, g in zip(preds, gold)]
 
 
+_INTEGER = re.compile(r"-?\d+")
+
+
+@register_reward("digit_match")
+def digit_match(completions: list[str], answer: list[str] | None = None, **_: Any) -> list[float]:
+    """Partial credit for integer answers: the fraction of the gold answer's digit positions the
+    predicted answer gets right, aligned from the least significant digit; a wrong length or sign
+    costs like a wrong digit (positions = the longer of the two). 1.0 only for the exact answer.
+
+    The dense reward R1.md §5 found necessary for RL from scratch on tiny models: with exact match
+    alone almost every group scores all 0 and carries no advantage. Non-integer gold answers or
+    predictions score 0 (use `accuracy` for those)."""
+    gold = _column({"answer": answer}, len(completions), "answer")
+    out = []
+    for c, g in zip(completions, gold):
+        p = extract_answer(c)
+        p = normalize_answer(p).replace(",", "") if p is not None else ""
+        g = str(g).strip().replace(",", "")
+        if not (_INTEGER.fullmatch(p) and _INTEGER.fullmatch(g)):
+            out.append(0.0)
+            continue
+        ps, gs = str(int(p)), str(int(g))  # canonical: no leading zeros, "-0" -> "0"
+        a, b = ps.lstrip("-")[::-1], gs.lstrip("-")[::-1]
+        n = max(len(a), len(b)) + (ps.startswith("-") or gs.startswith("-"))
+        hits = sum(x == y for x, y in zip(a, b)) + ((ps.startswith("-") == gs.startswith("-"))
+                                                    and (ps.startswith("-") or gs.startswith("-")))
+        out.append(hits / n)
+    return out
+
+
 _STRICT_FORMAT = re.compile(
     r"\s*<think>((?:(?!</?think>|</?answer>).)*)</think>"
     r"\s*<answer>((?:(?!</?think>|</?answer>).)*)</answer>\s*", re.DOTALL)

@@ -22,6 +22,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from ..data.corpus import OP_SYMBOL
+
 # R1 Table 1, quoted (R1.md §1.2).
 R1_TEMPLATE = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant "
@@ -55,10 +57,14 @@ def _digits(rng: random.Random, d: int) -> int:
 
 
 def arithmetic_problem(rng: random.Random, level: int) -> dict:
-    """`a op b` with `level`-digit operands, op in + - * (results may be negative)."""
+    """`a op b` with `level`-digit operands, op in + - * (results may be negative).
+
+    The question writes multiplication as × (`corpus.OP_SYMBOL`), as the pretraining corpus and
+    the cold-start SFT data do, so the prompt is in the distribution the model was trained on.
+    The held-out key keeps the ASCII op, so the split is the same as before that change."""
     a, b, op = _digits(rng, level), _digits(rng, level), rng.choice("+-*")
     value = {"+": a + b, "-": a - b, "*": a * b}[op]
-    return _example("arithmetic", level, f"What is {a} {op} {b}?", value, key=f"{a}{op}{b}")
+    return _example("arithmetic", level, f"What is {a} {OP_SYMBOL[op]} {b}?", value, key=f"{a}{op}{b}")
 
 
 def _combine(rng: random.Random, x: tuple[Fraction, str], y: tuple[Fraction, str]):
