@@ -9,26 +9,16 @@ Each kernel check has two variants:
   set; they only exist in that process (or under `TRITON_INTERPRET=1 pytest tests/test_kernels.py`).
 """
 import os
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from nanoseek import kernels as K
-from nanoseek.kernels.dispatch import triton_available
+from triton_util import DEVICES, HAS_CUDA, HAS_TRITON, INTERP, run_interpreted
 
-HAS_CUDA = torch.cuda.is_available()
-HAS_TRITON = triton_available()
-INTERP = os.environ.get("TRITON_INTERPRET") == "1"  # this process runs kernels in the interpreter
 
-if INTERP:
-    DEVICES = [pytest.param("cpu", id="interp", marks=pytest.mark.skipif(not HAS_TRITON, reason="needs triton"))]
-else:
-    DEVICES = [pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-        not (HAS_CUDA and HAS_TRITON), reason="needs CUDA" if not HAS_CUDA else "needs triton")])]
 DTYPES = [torch.float32, torch.bfloat16]
 
 
@@ -36,14 +26,7 @@ DTYPES = [torch.float32, torch.bfloat16]
 @pytest.mark.skipif(INTERP, reason="already running in the interpreter")
 def test_triton_interpreter():
     """The interp variants of this file, in a child process with TRITON_INTERPRET=1."""
-    cmd = [sys.executable, "-m", "pytest", "-rs", "-p", "no:cacheprovider", __file__,
-           "-k", "interp and not test_triton_interpreter"]
-    r = subprocess.run(cmd, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=900,
-                       env={**os.environ, "TRITON_INTERPRET": "1"})
-    log = r.stdout[-4000:] + r.stderr[-2000:]
-    assert r.returncode == 0, log
-    summary = r.stdout.strip().splitlines()[-1]
-    assert int(re.search(r"(\d+) passed", summary)[1]) >= 18 and "skipped" not in summary, log
+    run_interpreted(__file__, 18)
 
 
 def _close(a, b, dtype, scale=1.0):
