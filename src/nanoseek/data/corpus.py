@@ -61,6 +61,24 @@ def iter_stdlib(max_bytes: int | None = None) -> Iterator[str]:
 
 
 # ---------------------------------------------------------------------- (b) arithmetic
+EVAL_BUCKETS = 20  # 1 problem in 20 (by hash of the problem) is held out for evaluation
+
+
+def held_out(task: str, key: str) -> bool:
+    """Is this problem in the R1 tasks' held-out evaluation set? (`r1.tasks.is_eval_problem`)
+
+    Decided by a hash of the problem itself, so every generator can skip it: the RL train streams,
+    the cold-start SFT data and this corpus never contain an evaluation question.
+    """
+    return int(hashlib.sha256(f"{task}|{key}".encode()).hexdigest()[:8], 16) % EVAL_BUCKETS == 0
+
+
+def _is_task_eval_problem(a: int, op: str, b: int) -> bool:
+    """`a op b` as the arithmetic task would ask it (both operands with the same number of
+    digits, key "a*b" with the ASCII op) and held out there."""
+    return len(str(a)) == len(str(b)) and held_out("arithmetic", f"{a}{op}{b}")
+
+
 def _place(k: int) -> str:
     return _PLACES[k] if k < len(_PLACES) else f"10^{k}"
 
@@ -135,13 +153,18 @@ def arithmetic_problem(rng: random.Random, digits: int, op: str) -> tuple[str, s
     """(question, worked_solution, answer) for `a op b`, a with `digits` digits, b with 1..digits.
 
     worked_solution is the reasoning text (put inside <think>); its last line states the result.
-    answer is the exact integer as a string, e.g. "-1234".
+    answer is the exact integer as a string, e.g. "-1234". Never one of the arithmetic task's
+    held-out questions (the same a, op, b), so pretraining and SFT data cannot leak them; the
+    facts inside worked solutions (e.g. 7 × 8 as a step of 37 × 8) are not filtered.
     """
     if op not in OP_SYMBOL:
         raise ValueError(f"op must be one of + - *, got {op!r}")
-    a, b = _rand_int(rng, digits), _rand_int(rng, rng.randint(1, digits))
-    if rng.random() < 0.5 and op != "-":
-        a, b = b, a  # the longer operand is not always first
+    while True:  # redraw the task's held-out questions (~5% of the same-length ones)
+        a, b = _rand_int(rng, digits), _rand_int(rng, rng.randint(1, digits))
+        if rng.random() < 0.5 and op != "-":
+            a, b = b, a  # the longer operand is not always first
+        if not _is_task_eval_problem(a, op, b):
+            break
     question = rng.choice(_QUESTIONS).format(a=a, op=OP_SYMBOL[op], b=b)
     steps = {"+": _add_steps, "-": _sub_steps, "*": _mul_steps}[op](a, b)
     answer = {"+": a + b, "-": a - b, "*": a * b}[op]

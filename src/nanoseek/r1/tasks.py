@@ -12,7 +12,6 @@ countdown follows TinyZero (R1.md §4).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import random
@@ -22,7 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from ..data.corpus import OP_SYMBOL
+from ..data.corpus import OP_SYMBOL, held_out
 
 # R1 Table 1, quoted (R1.md §1.2).
 R1_TEMPLATE = (
@@ -32,7 +31,6 @@ R1_TEMPLATE = (
     "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning "
     "process here </think> <answer> answer here </answer>. User: {prompt} Assistant:"
 )
-EVAL_BUCKETS = 20  # 1 problem in 20 (by hash) is held out for evaluation
 
 
 def make_prompt(question: str, think_prefill: bool = False) -> str:
@@ -113,8 +111,7 @@ GENERATORS: dict[str, Callable[[random.Random, int], dict]] = {
 
 def is_eval_problem(example: dict) -> bool:
     """Held-out membership from a hash of the problem itself (task + canonical key)."""
-    key = f"{example['task']}|{example.get('key', example['prompt'])}".encode()
-    return int(hashlib.sha256(key).hexdigest()[:8], 16) % EVAL_BUCKETS == 0
+    return held_out(example["task"], example.get("key", example["prompt"]))
 
 
 def _stream(task: str, level: int | Sequence[int], seed: int, want_eval: bool) -> Iterator[dict]:
