@@ -27,3 +27,15 @@ def test_report_over_pipeline_stages(tmp_path):
         (d / "cost.json").write_text(json.dumps({"stage": stage, "tokens": 100, "device_hours": 0.001}))
     md = render_report(tmp_path / "pipe").read_text()
     assert "| sft | 5 |" in md and "| grpo | 5 |" in md and "grpo_reward.png" in md  # named by directory
+
+
+def test_report_cli_errors_name_the_directory(tmp_path, capsys):
+    import pytest
+
+    from nanoseek.cli import main as cli_main
+
+    for path, why in [(tmp_path / "missing", "no such run directory"), (tmp_path, "no metrics.jsonl")]:
+        with pytest.raises(SystemExit) as e:
+            cli_main(["report", str(path)])
+        assert e.value.code == 2 and why in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()  # nothing written for a directory that is not a run

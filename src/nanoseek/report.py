@@ -92,11 +92,14 @@ def _fmt(v, spec: str = ".4g") -> str:
 
 def render_report(run: str | Path) -> Path:
     run = Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: no such run directory")
+    dirs = stage_dirs(run)  # fails with a message before anything is written
     out_dir = run / "report"
     out_dir.mkdir(exist_ok=True)
     lines = [f"# nanoseek run report: `{run}`", ""]
     summaries, plots = [], []
-    for d in stage_dirs(run):
+    for d in dirs:
         rows = read_metrics(d / "metrics.jsonl")
         s = stage_summary(d, rows)
         if d != run:  # a pipeline: name stages by their directory (0_base, 1_cold_start_sft, ...)
@@ -127,7 +130,10 @@ def main_report(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="nanoseek report", description="Markdown report with plots for a run directory.")
     ap.add_argument("run")
     a = ap.parse_args(argv)
-    md = render_report(a.run)
+    try:
+        md = render_report(a.run)
+    except (FileNotFoundError, ValueError) as e:
+        ap.error(str(e))
     print(md.read_text())
     print(f"report: {md}")
     return 0
