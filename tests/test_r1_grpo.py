@@ -228,3 +228,22 @@ def test_bf16_sampler_copy_follows_the_policy(tok):
         assert torch.equal(a, b.to(torch.bfloat16))
     rec = tr.train_step()[0]
     assert rec["tokens/generated"] > 0 and len(tr.held_models()) == 2
+
+
+@pytest.mark.parametrize("args, why", [
+    (["--task.name", "nope"], "unknown task 'nope'"),
+    (["--task.name", "{tmp}/bad.jsonl"], "bad.jsonl:1: no usable 'answer'"),
+    (["--task.eval_task", "{tmp}/missing.jsonl"], "missing.jsonl: no such file"),
+    (["--rewards", '{"nope": 1}'], "unknown reward 'nope'"),
+    (["--init", "{tmp}/no_model"], "not a run directory"),
+])
+def test_grpo_cli_fails_early_and_leaves_no_run_dir(tmp_path, capsys, args, why):
+    from nanoseek.cli import main as cli_main
+
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "What is 1 + 1?"}\n')
+    init = ["--init", str(tmp_path / "no_model")] if "--init" not in args else []
+    argv = ["grpo", "--config", "tiny-cpu", "--out", str(tmp_path / "run"), *init,
+            *[a.replace("{tmp}", str(tmp_path)) for a in args]]
+    assert cli_main(argv) == 2
+    assert why in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -196,8 +196,10 @@ def test_registry_and_import_path():
     assert get_reward("accuracy") is accuracy
     assert get_reward(f"{__name__}:my_reward")(["ab"]) == [2.0]
     assert get_reward("nanoseek.r1.rewards:tag_count") is tag_count
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="unknown reward 'no_such_reward'"):  # a ConfigError
         get_reward("no_such_reward")
+    with pytest.raises(ValueError, match="cannot import"):
+        get_reward("no_such_module:fn")
 
 
 def test_combine_rewards_weights_and_per_func():

@@ -88,7 +88,7 @@ def test_countdown_solvable_and_levels():
 def test_train_stream_is_endless():
     it = train_stream("arithmetic", 2, seed=0)
     assert len([next(it) for _ in range(3000)]) == 3000
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="unknown task 'nope'"):  # a ConfigError
         next(train_stream("nope"))
 
 

@@ -36,6 +36,7 @@ from ..train.metrics import MetricsLogger, fmt_duration
 from ..train.optim import build_optimizer, lr_at
 from .objective import filter_zero_std_groups, group_advantages, grpo_loss, mask_truncated
 from .rewards import RewardSet, get_reward, reward_metrics
+from .tasks import check_task
 from .rollout import (Batch, ExampleSource, Samples, batched_logprobs, build_batch,
                       completion_logprobs, eval_examples, route_counter, sample_groups, score)
 
@@ -146,8 +147,11 @@ class GRPOConfig:
         for name in self.rewards:
             try:
                 get_reward(name)  # an unknown reward fails at load time, naming the registry
-            except (KeyError, ImportError, AttributeError) as e:
+            except ConfigError as e:
                 raise ConfigError(f"rewards.{name}: {e}") from None
+        for t in (self.task.name, self.task.eval_task):
+            if t is not None:
+                check_task(t)  # before any run directory is made
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -488,10 +492,10 @@ def run_rl(cfg: GRPOConfig, trainer_cls=GRPOTrainer, resume: bool = False,
            trainer: GRPOTrainer | None = None) -> Path:
     """The training loop shared by GRPO and PPO: evaluate, train, checkpoint, save, cost."""
     run_dir = Path(cfg.out_dir)
+    t_start = time.time()
+    tr = trainer or trainer_cls(cfg)  # loads --init first: a bad model dir leaves no run dir behind
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    t_start = time.time()
-    tr = trainer or trainer_cls(cfg)
     torch.manual_seed(cfg.train.seed)
     resumed = tr.resume(run_dir) if resume else False
     if not resumed and list_checkpoints(run_dir):

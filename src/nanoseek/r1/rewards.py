@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
+from ..model.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 RewardFn = Callable[..., list[float]]
@@ -55,10 +57,13 @@ def get_reward(spec: str | RewardFn, **params: Any) -> RewardFn:
         fn = REWARDS[spec]
     elif ":" in spec:
         mod, _, attr = spec.partition(":")
-        fn = getattr(importlib.import_module(mod), attr)
+        try:
+            fn = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"reward {spec!r}: cannot import it ({e})") from None
     else:
-        raise KeyError(f"unknown reward {spec!r}; registered: {sorted(REWARDS)}; "
-                       "or give an import path 'pkg.module:func'")
+        raise ConfigError(f"unknown reward {spec!r}; registered: {sorted(REWARDS)}; "
+                          "or give an import path 'pkg.module:func'")
     return functools.partial(fn, **params) if params else fn
 
 

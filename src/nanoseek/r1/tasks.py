@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.corpus import OP_SYMBOL, held_out
+from ..data.sources import DataError
+from ..model.config import ConfigError
 
 # R1 Table 1, quoted (R1.md §1.2).
 R1_TEMPLATE = (
@@ -116,7 +118,7 @@ def is_eval_problem(example: dict) -> bool:
 
 def _stream(task: str, level: int | Sequence[int], seed: int, want_eval: bool) -> Iterator[dict]:
     if task not in GENERATORS:
-        raise KeyError(f"unknown task {task!r}; built-in: {sorted(GENERATORS)}")
+        raise ConfigError(f"unknown task {task!r}; built-in: {sorted(GENERATORS)}, or a .jsonl file")
     rng, gen = random.Random(f"{task}|{seed}|{want_eval}"), GENERATORS[task]
     levels = [level] if isinstance(level, int) else list(level)
     while True:
@@ -197,11 +199,25 @@ def record_to_example(rec: dict, task: str, wrap_prompt: bool = False) -> dict:
             "level": _level(rec.get("level"))}
 
 
+def check_task(name: str) -> None:
+    """Fail now, with a message, unless `name` is a built-in task or a readable task JSONL file
+    (its lines are parsed, so a malformed file is reported before any run directory is made)."""
+    if name in GENERATORS:
+        return
+    if Path(name).suffix == ".jsonl" or Path(name).exists():
+        load_jsonl(name)
+        return
+    raise ConfigError(f"unknown task {name!r}; built-in: {sorted(GENERATORS)}, or a .jsonl file")
+
+
 def load_jsonl(path: str | Path, task: str | None = None, wrap_prompt: bool = False) -> list[dict]:
     """Load a task file (one JSON object per line; blank lines skipped). The task name defaults
-    to the file stem. A malformed line raises ValueError naming `file:line`."""
+    to the file stem. A missing or empty file, or a malformed line, raises DataError (a ValueError)
+    naming `file:line`."""
     path = Path(path)
     task = task or path.stem
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
     out = []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -210,5 +226,7 @@ def load_jsonl(path: str | Path, task: str | None = None, wrap_prompt: bool = Fa
             try:
                 out.append(record_to_example(json.loads(line), task, wrap_prompt))
             except ValueError as exc:  # json.JSONDecodeError is a ValueError
-                raise ValueError(f"{path}:{lineno}: {exc}") from None
+                raise DataError(f"{path}:{lineno}: {exc}") from None
+    if not out:
+        raise DataError(f"{path}: no examples in it")
     return out
