@@ -109,6 +109,8 @@ class Trainer:
         log = MetricsLogger(self.run_dir, cfg.steps, self.step, cfg.progress, cfg.tensorboard, append=resumed)
         if resumed:
             log.print(f"resumed from step {self.step} ({self.tokens_seen:,} tokens)")
+        elif resume:  # torchtitan's behaviour: --resume on an empty run dir starts it, and says so
+            log.print(f"resume: no checkpoint in {self.run_dir / 'checkpoints'}; starting from step 0")
         self.model.train()
         last = {}
         while self.step < cfg.steps:
@@ -118,7 +120,7 @@ class Trainer:
             self.train_seconds += dt
             self.step += 1
             last = self._step_record(rec, dt)
-            eta = (cfg.steps - self.step) * self.train_seconds / max(1, self.step - (0 if not resumed else 0))
+            eta = (cfg.steps - self.step) * self.train_seconds / max(1, self.step)  # mean step time so far
             log.log(last, step_line(self.step, cfg.steps, last, eta) if self.step % cfg.log_every == 0 else None)
             log.advance()
             if self.eval_fn and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
