@@ -534,11 +534,11 @@ def digit_match(completions: list[str], answer: list[str] | None = None, **_: An
         if not (_INTEGER.fullmatch(p) and _INTEGER.fullmatch(g)):
             out.append(0.0)
             continue
-        ps, gs = str(int(p)), str(int(g))  # canonical: no leading zeros, "-0" -> "0"
-        a, b = ps.lstrip("-")[::-1], gs.lstrip("-")[::-1]
-        n = max(len(a), len(b)) + (ps.startswith("-") or gs.startswith("-"))
-        hits = sum(x == y for x, y in zip(a, b)) + ((ps.startswith("-") == gs.startswith("-"))
-                                                    and (ps.startswith("-") or gs.startswith("-")))
+        pn, gn = int(p), int(g)
+        a, b = str(abs(pn))[::-1], str(abs(gn))[::-1]  # digits, ones first, no leading zeros
+        signed = pn < 0 or gn < 0  # the sign is one more position when either is negative
+        n = max(len(a), len(b)) + signed
+        hits = sum(x == y for x, y in zip(a, b)) + (signed and (pn < 0) == (gn < 0))
         out.append(hits / n)
     return out
 

@@ -6,7 +6,8 @@ adds `numbers`, `target` and one `solution`); the extra keys become reward colum
 
 Built-in tasks need no downloads and are deterministic for a seed. The held-out split is chosen
 by hashing the *problem* (not the seed or position), so no train stream with any seed ever
-yields an evaluation problem. R1.md §5 recommends such tiny tasks for from-scratch claims;
+yields an evaluation problem, and the pretraining corpus and cold-start SFT generator
+(`data.corpus.arithmetic_problem`) skip them too (`data.corpus.held_out`). R1.md §5 recommends such tiny tasks for from-scratch claims;
 countdown follows TinyZero (R1.md §4).
 """
 
