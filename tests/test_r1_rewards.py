@@ -243,3 +243,6 @@ def test_digit_match_partial_credit_by_position():
     # ones digit right only: 1/2; missing tens digit: 1/2; wrong sign: 2 of 3 positions (sign + 2 digits)
     assert got == [1.0, 0.5, 0.5, pytest.approx(2 / 3), 1.0, 0.0, 1.0, 1.0, 0.5, 0.5, 0.0]
     assert f([c("3/4")], answer=["3/4"]) == [0.0]  # not an integer: use accuracy for those
+    assert f([c("+5"), c("-0"), c("7.0")], answer=["5", "0", "7"]) == [1.0, 1.0, 0.0]
+    # a runaway answer longer than int()'s 4300-digit limit is scored, not an error for the batch
+    assert f([c("1" * 5000), c("5")], answer=["5", "5"]) == [0.0, 1.0]

@@ -55,6 +55,7 @@ def test_pretraining_and_sft_data_never_contain_an_eval_question(level):
 
     held = {(a, op.replace("×", "*"), b) for e in eval_set("arithmetic", 10_000, level)
             for a, op, b in [re.search(r"What is (\d+) ([-+×]) (\d+)\?", e["prompt"]).groups()]}
+    held |= {(b, op, a) for a, op, b in held if op in "+*"}  # the swapped twin is the same question
     assert len(held) > (10 if level == 1 else 100)
     q = r"(\d+) ([-+×]) (\d+)"
     sft = [c[0]["content"] for c in builtin_conversations(20_000 if level == 1 else 5_000, level, level, seed=3)]

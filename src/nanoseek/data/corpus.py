@@ -75,8 +75,12 @@ def held_out(task: str, key: str) -> bool:
 
 def _is_task_eval_problem(a: int, op: str, b: int) -> bool:
     """`a op b` as the arithmetic task would ask it (both operands with the same number of
-    digits, key "a*b" with the ASCII op) and held out there."""
-    return len(str(a)) == len(str(b)) and held_out("arithmetic", f"{a}{op}{b}")
+    digits, key "a*b" with the ASCII op) and held out there; for + and × also `b op a`, the same
+    question with the operands swapped."""
+    if len(str(a)) != len(str(b)):
+        return False
+    keys = [f"{a}{op}{b}"] + ([f"{b}{op}{a}"] if op in "+*" else [])
+    return any(held_out("arithmetic", k) for k in keys)
 
 
 def _place(k: int) -> str:
@@ -154,8 +158,8 @@ def arithmetic_problem(rng: random.Random, digits: int, op: str) -> tuple[str, s
 
     worked_solution is the reasoning text (put inside <think>); its last line states the result.
     answer is the exact integer as a string, e.g. "-1234". Never one of the arithmetic task's
-    held-out questions (the same a, op, b), so pretraining and SFT data cannot leak them; the
-    facts inside worked solutions (e.g. 7 × 8 as a step of 37 × 8) are not filtered.
+    held-out questions (the same a, op, b, or b op a for + and ×), so pretraining and SFT data
+    cannot leak them; facts inside worked solutions (7 × 8 as a step of 37 × 8) are not filtered.
     """
     if op not in OP_SYMBOL:
         raise ValueError(f"op must be one of + - *, got {op!r}")

@@ -513,7 +513,7 @@ def accuracy(completions: list[str], answer: list[str] | None = None,
             for p, g in zip(preds, gold)]
 
 
-_INTEGER = re.compile(r"-?\d+")
+_INTEGER = re.compile(r"[-+]?\d+")
 
 
 @register_reward("digit_match")
@@ -523,8 +523,8 @@ def digit_match(completions: list[str], answer: list[str] | None = None, **_: An
     costs like a wrong digit (positions = the longer of the two). 1.0 only for the exact answer.
 
     The dense reward R1.md §5 found necessary for RL from scratch on tiny models: with exact match
-    alone almost every group scores all 0 and carries no advantage. Non-integer gold answers or
-    predictions score 0 (use `accuracy` for those)."""
+    alone almost every group scores all 0 and carries no advantage. Integers only ("+5" and "05"
+    count as 5); anything else, "7.0" included, scores 0 (use `accuracy` for those)."""
     gold = _column({"answer": answer}, len(completions), "answer")
     out = []
     for c, g in zip(completions, gold):
@@ -534,11 +534,14 @@ def digit_match(completions: list[str], answer: list[str] | None = None, **_: An
         if not (_INTEGER.fullmatch(p) and _INTEGER.fullmatch(g)):
             out.append(0.0)
             continue
-        pn, gn = int(p), int(g)
-        a, b = str(abs(pn))[::-1], str(abs(gn))[::-1]  # digits, ones first, no leading zeros
-        signed = pn < 0 or gn < 0  # the sign is one more position when either is negative
+        # digit strings, not int(): a runaway answer can exceed int()'s 4300-digit limit
+        pneg, pd = p.startswith("-"), p.lstrip("+-").lstrip("0") or "0"
+        gneg, gd = g.startswith("-"), g.lstrip("+-").lstrip("0") or "0"
+        pneg, gneg = pneg and pd != "0", gneg and gd != "0"  # -0 is 0
+        a, b = pd[::-1], gd[::-1]  # ones digit first
+        signed = pneg or gneg  # the sign is one more position when either is negative
         n = max(len(a), len(b)) + signed
-        hits = sum(x == y for x, y in zip(a, b)) + (signed and (pn < 0) == (gn < 0))
+        hits = sum(x == y for x, y in zip(a, b)) + (signed and pneg == gneg)
         out.append(hits / n)
     return out
 
