@@ -39,3 +39,16 @@ def test_report_cli_errors_name_the_directory(tmp_path, capsys):
             cli_main(["report", str(path)])
         assert e.value.code == 2 and why in capsys.readouterr().err
     assert not (tmp_path / "report").exists()  # nothing written for a directory that is not a run
+
+
+def test_report_names_a_corrupt_json_file(tmp_path, capsys):
+    import pytest
+
+    from nanoseek.cli import main as cli_main
+
+    run = tmp_path / "run"
+    shutil.copytree("tests/fixtures/run_pretrain", run)
+    (run / "cost.json").write_text('{"stage": ')  # truncated
+    with pytest.raises(SystemExit):
+        cli_main(["report", str(run)])
+    assert "cost.json: not JSON" in capsys.readouterr().err

@@ -27,8 +27,19 @@ def read_metrics(path: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not JSON ({e})") from e
+                raise ReportError(f"{path}:{i}: not JSON ({e})") from e
     return rows
+
+
+class ReportError(ValueError):
+    """The run directory cannot be reported on; the message names the directory or file."""
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{path}: not JSON ({e})") from None
 
 
 def stage_dirs(run: Path) -> list[Path]:
@@ -36,7 +47,7 @@ def stage_dirs(run: Path) -> list[Path]:
         return [run]
     found = sorted({p.parent for p in run.rglob("metrics.jsonl") if "checkpoints" not in p.parts})
     if not found:
-        raise FileNotFoundError(f"{run}: no metrics.jsonl in it or below it (is this a nanoseek run directory?)")
+        raise ReportError(f"{run}: no metrics.jsonl in it or below it (is this a nanoseek run directory?)")
     return found
 
 
@@ -74,7 +85,7 @@ def plot_stage(rows: list[dict], out_dir: Path, stage: str) -> list[Path]:
 
 
 def stage_summary(d: Path, rows: list[dict]) -> dict:
-    cost = json.loads((d / "cost.json").read_text()) if (d / "cost.json").exists() else {}
+    cost = _read_json(d / "cost.json") if (d / "cost.json").exists() else {}
     last = {}
     for r in rows:
         last.update({k: v for k, v in r.items() if isinstance(v, (int, float))})
@@ -93,7 +104,7 @@ def _fmt(v, spec: str = ".4g") -> str:
 def render_report(run: str | Path) -> Path:
     run = Path(run)
     if not run.is_dir():
-        raise FileNotFoundError(f"{run}: no such run directory")
+        raise ReportError(f"{run}: no such run directory")
     dirs = stage_dirs(run)  # fails with a message before anything is written
     out_dir = run / "report"
     out_dir.mkdir(exist_ok=True)
@@ -115,7 +126,7 @@ def render_report(run: str | Path) -> Path:
                      f"{_fmt(s['accuracy'], '.3f')} | {_fmt(s['tokens'])} | {_fmt(s['hours'], '.4f')} | {mfu} | {_fmt(s['dollars'], '.2f')} |")
     pipeline = run / "report.json"
     if pipeline.exists():
-        lines += ["", "## Pipeline evaluation", "", "```json", json.dumps(json.loads(pipeline.read_text()), indent=2)[:4000], "```"]
+        lines += ["", "## Pipeline evaluation", "", "```json", json.dumps(_read_json(pipeline), indent=2)[:4000], "```"]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     else:
@@ -132,7 +143,7 @@ def main_report(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     try:
         md = render_report(a.run)
-    except (FileNotFoundError, ValueError) as e:
+    except ReportError as e:
         ap.error(str(e))
     print(md.read_text())
     print(f"report: {md}")

@@ -203,10 +203,10 @@ def record_to_example(rec: dict, task: str, wrap_prompt: bool = False) -> dict:
 def check_task(name: str) -> None:
     """Fail now, with a message, unless `name` is a built-in task or a readable task JSONL file
     (its lines are parsed, so a malformed file is reported before any run directory is made)."""
-    if name in GENERATORS:
-        return
-    if Path(name).suffix == ".jsonl" or Path(name).exists():
+    if Path(name).suffix == ".jsonl" or Path(name).is_file():  # the order ExampleSource uses
         load_jsonl(name)
+        return
+    if name in GENERATORS:
         return
     raise ConfigError(f"unknown task {name!r}; built-in: {sorted(GENERATORS)}, or a .jsonl file")
 
