@@ -3,6 +3,8 @@
 import json
 import shutil
 
+import pytest
+
 from nanoseek.report import render_report
 
 
@@ -30,8 +32,6 @@ def test_report_over_pipeline_stages(tmp_path):
 
 
 def test_report_cli_errors_name_the_directory(tmp_path, capsys):
-    import pytest
-
     from nanoseek.cli import main as cli_main
 
     for path, why in [(tmp_path / "missing", "no such run directory"), (tmp_path, "no metrics.jsonl")]:
@@ -42,8 +42,6 @@ def test_report_cli_errors_name_the_directory(tmp_path, capsys):
 
 
 def test_report_names_a_corrupt_json_file(tmp_path, capsys):
-    import pytest
-
     from nanoseek.cli import main as cli_main
 
     run = tmp_path / "run"

@@ -22,7 +22,7 @@ import torch
 from ..data.tokenizer import Tokenizer
 from .rewards import extract_answer, get_reward, normalize_answer
 from .rollout import encode_prompt, precision_ctx, render_prompt
-from .tasks import eval_set, load_jsonl, train_set
+from .tasks import eval_set, is_task_file, load_jsonl, train_set
 
 # ----------------------------------------------------------------------------- models
 
@@ -234,7 +234,7 @@ def evaluate(model, tok: Tokenizer, examples: list[dict], k: int = 4, temperatur
 
 
 def _task_examples(task_or_path: str, n: int, level, seed: int, split: str) -> list[dict]:
-    if Path(task_or_path).suffix == ".jsonl" or Path(task_or_path).is_file():
+    if is_task_file(task_or_path):
         rows = load_jsonl(task_or_path, wrap_prompt=True)
         return rows[:n] if n > 0 else rows
     return (eval_set if split == "eval" else train_set)(task_or_path, n, level, seed)

@@ -36,7 +36,7 @@ from ..train.metrics import MetricsLogger, fmt_duration
 from ..train.optim import build_optimizer, lr_at
 from .objective import filter_zero_std_groups, group_advantages, grpo_loss, mask_truncated
 from .rewards import RewardSet, get_reward, reward_metrics
-from .tasks import GENERATORS, check_task
+from .tasks import check_task, is_task_file
 from .rollout import (Batch, ExampleSource, Samples, batched_logprobs, build_batch,
                       completion_logprobs, eval_examples, route_counter, sample_groups, score)
 
@@ -504,7 +504,7 @@ def run_rl(cfg: GRPOConfig, trainer_cls=GRPOTrainer, resume: bool = False,
         (run_dir / "completions.jsonl").unlink(missing_ok=True)
     log = MetricsLogger(run_dir, cfg.train.steps, tr.step, cfg.train.progress, append=resumed)
     ev_task = cfg.task.eval_task or cfg.task.name
-    if cfg.train.eval_n and cfg.task.eval_task is None and cfg.task.name not in GENERATORS:
+    if cfg.train.eval_n and cfg.task.eval_task is None and is_task_file(cfg.task.name):
         log.print(f"warning: task {cfg.task.name} is a file and task.eval_task is not set: the before/after "
                   "eval uses its first rows, which the policy also trains on (not held out)")
     ev_level = cfg.task.eval_level if cfg.task.eval_level is not None else cfg.task.level

@@ -226,7 +226,7 @@ def _run_stage(cfg: R1Config, stage: str, prev: Path, base: Path, d: Path) -> di
 def run_r1(cfg: R1Config) -> Path:
     """Run (or resume) the pipeline; returns the run directory with report.json / report.md."""
     from .rollout import eval_examples
-    from .tasks import GENERATORS
+    from .tasks import is_task_file
 
     run = Path(cfg.out_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -234,7 +234,7 @@ def run_r1(cfg: R1Config) -> Path:
     done: dict = _read(run / "stages.json", {})
     examples = eval_examples(cfg.task, cfg.eval.n, cfg.eval.level if cfg.eval.level is not None else cfg.level,
                              cfg.eval.seed)
-    if cfg.task not in GENERATORS:
+    if is_task_file(cfg.task):
         print(f"[r1] warning: task {cfg.task} is a file: every stage is evaluated on its first {cfg.eval.n} rows, "
               "which SFT, rejection sampling and GRPO also draw from (not held out)")
     t0 = time.time()

@@ -13,7 +13,6 @@ import itertools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -21,7 +20,7 @@ from torch import Tensor
 from ..data.tokenizer import Tokenizer, apply_chat_template
 from ..model.moe import expert_counts
 from .objective import entropy_from_logits, token_logprobs
-from .tasks import R1_TEMPLATE, load_jsonl, train_stream
+from .tasks import R1_TEMPLATE, is_task_file, load_jsonl, train_stream
 
 _R1_HEAD, _R1_TAIL = R1_TEMPLATE.split("{prompt}")
 
@@ -74,7 +73,7 @@ class ExampleSource:
         self._it = self._make()
 
     def _make(self) -> Iterator[dict]:
-        if Path(self.task).suffix == ".jsonl" or Path(self.task).is_file():
+        if is_task_file(self.task):
             rows = load_jsonl(self.task, wrap_prompt=True)  # as evaluate.eval_examples
 
             def cycle():

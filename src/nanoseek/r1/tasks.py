@@ -7,8 +7,8 @@ adds `numbers`, `target` and one `solution`); the extra keys become reward colum
 Built-in tasks need no downloads and are deterministic for a seed. The held-out split is chosen
 by hashing the *problem* (not the seed or position), so no train stream with any seed ever
 yields an evaluation problem, and the pretraining corpus and cold-start SFT generator
-(`data.corpus.arithmetic_problem`) skip them too (`data.corpus.held_out`). R1.md §5 recommends such tiny tasks for from-scratch claims;
-countdown follows TinyZero (R1.md §4).
+(`data.corpus.arithmetic_problem`) skip them too (`data.corpus.held_out`). R1.md §5 recommends
+such tiny tasks for from-scratch claims; countdown follows TinyZero (R1.md §4).
 """
 
 from __future__ import annotations
@@ -200,10 +200,15 @@ def record_to_example(rec: dict, task: str, wrap_prompt: bool = False) -> dict:
             "level": _level(rec.get("level"))}
 
 
+def is_task_file(name: str) -> bool:
+    """A task given as a JSONL file rather than a built-in generator name (a file wins)."""
+    return Path(name).suffix == ".jsonl" or Path(name).is_file()
+
+
 def check_task(name: str) -> None:
     """Fail now, with a message, unless `name` is a built-in task or a readable task JSONL file
     (its lines are parsed, so a malformed file is reported before any run directory is made)."""
-    if Path(name).suffix == ".jsonl" or Path(name).is_file():  # the order ExampleSource uses
+    if is_task_file(name):
         load_jsonl(name)
         return
     if name in GENERATORS:
